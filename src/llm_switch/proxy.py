@@ -1,0 +1,86 @@
+"""Forwarding a request to the model's backend, streaming the answer back as it arrives."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import aiohttp
+from aiohttp import web
+
+from .config import Model
+from .errors import BackendUnreachable
+
+log = logging.getLogger(__name__)
+
+# RFC 9110 §7.6.1 connection-specific headers, plus those aiohttp sets itself for each hop
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length",
+})
+# compression is pointless on loopback and would hide the bytes from tool-call repair
+_NOT_UPSTREAM = HOP_BY_HOP | {"accept-encoding"}
+
+# generation can take minutes; only connecting is bounded
+UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
+
+
+class BackendGone(BackendUnreachable):
+    """The backend refused the connection: nothing was sent, so the request may be retried."""
+
+
+def upstream_headers(request: web.Request) -> dict[str, str]:
+    return {k: v for k, v in request.headers.items() if k.lower() not in _NOT_UPSTREAM}
+
+
+def is_event_stream(resp: aiohttp.ClientResponse) -> bool:
+    return resp.content_type == "text/event-stream"
+
+
+async def relay(request: web.Request, http: aiohttp.ClientSession, model: Model, body: bytes,
+                transform=None) -> web.StreamResponse:
+    """Send `body` to the model's backend and relay the answer chunk by chunk.
+
+    `transform(upstream) -> (feed, close) | None` may rewrite a successful answer's bytes on the way
+    (tool-call repair); without it the relay is byte-transparent."""
+    url = model.url + request.rel_url.path_qs
+    try:
+        upstream = await http.request(request.method, url, data=body, headers=upstream_headers(request),
+                                      timeout=UPSTREAM_TIMEOUT)
+    except aiohttp.ClientConnectorError as e:
+        raise BackendGone(f"{model.name}: cannot connect to {model.url} ({e.os_error or e})") from None
+    except (aiohttp.ClientError, OSError, TimeoutError) as e:
+        raise BackendUnreachable(f"{model.name}: {model.url} did not answer ({type(e).__name__}: {e})") from None
+
+    async with upstream:
+        rewrite = transform(upstream) if transform else None
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for k, v in upstream.headers.items():
+            if k.lower() not in HOP_BY_HOP:
+                response.headers.add(k, v)
+        if "Content-Length" in upstream.headers and rewrite is None:
+            response.content_length = int(upstream.headers["Content-Length"])
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                out = rewrite[0](chunk) if rewrite else chunk
+                if out:
+                    await response.write(out)
+            if rewrite and (tail := rewrite[1]()):
+                await response.write(tail)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            log.info("%s: client went away; closing the request to the backend", model.name)
+            upstream.close()
+            return response
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
+            # the status line is gone already: tell an SSE client in-band, cut any other one
+            # visibly (its body stays short of Content-Length or the final chunk)
+            log.warning("%s: backend broke off its answer: %s", model.name, e)
+            if is_event_stream(upstream):
+                error = BackendUnreachable(f"{model.name}: the backend broke off its answer ({e})")
+                await response.write(b"data: " + json.dumps(error.body()).encode() + b"\n\n")
+            else:
+                request.transport and request.transport.close()
+                return response
+        await response.write_eof()
+        return response
