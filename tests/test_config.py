@@ -1,0 +1,132 @@
+"""config.yaml parsing: a table of accepted configs and a table of errors with their key paths."""
+
+import textwrap
+
+import pytest
+
+from llm_switch.config import DEFAULT_HEALTH_TIMEOUT, DEFAULT_MAX_BODY, find_path, load, parse
+from llm_switch.errors import ConfigError
+
+
+def cfg(text: str):
+    return parse(textwrap.dedent(text))
+
+
+def test_short_and_long_forms():
+    c = cfg("""
+        listen: 0.0.0.0:4000
+        backend: http://127.0.0.1:5000
+        health_timeout: 30
+        models:
+          coder: llama-server@coder.service
+          thinker:
+            unit: llama-server@thinker.service
+            aliases: [think, t]
+            url: http://127.0.0.1:5001
+            health_timeout: 12.5
+            repair_tool_calls: false
+          tiny:
+            cmd: /usr/bin/llama-server -m "/models/my tiny.gguf" --port 5000
+    """)
+    assert (c.listen_host, c.listen_port, c.listen) == ("0.0.0.0", 4000, "0.0.0.0:4000")
+    assert c.max_body_bytes == DEFAULT_MAX_BODY
+    coder, thinker, tiny = c.models["coder"], c.models["thinker"], c.models["tiny"]
+    assert (coder.unit, coder.url, coder.health_timeout, coder.repair_tool_calls) == (
+        "llama-server@coder.service", "http://127.0.0.1:5000", 30.0, True)
+    assert (thinker.url, thinker.aliases, thinker.health_timeout, thinker.repair_tool_calls) == (
+        "http://127.0.0.1:5001", ("think", "t"), 12.5, False)
+    assert tiny.cmd == ("/usr/bin/llama-server", "-m", "/models/my tiny.gguf", "--port", "5000")
+    assert tiny.unit == "llm-switch-tiny.service" and tiny.transient
+    assert c.resolve("t") is thinker and c.resolve("thinker") is thinker and c.resolve("nope") is None
+
+
+def test_defaults():
+    c = cfg("models: {a: a.service}")
+    assert c.listen == "127.0.0.1:3002"
+    assert c.models["a"].url == "http://127.0.0.1:3004"
+    assert c.models["a"].health_timeout == DEFAULT_HEALTH_TIMEOUT
+
+
+def test_seed_format_loads_with_a_warning_for_trace_log():
+    c = cfg("""
+        server:
+          host: 127.0.0.1
+          port: 3002
+          llama_url: http://127.0.0.1:3004
+          trace_log: /tmp/trace.log
+        models:
+          qwen3-coder-flash: llama-server-qwen3-coder-flash.service
+          bge-m3: llama-server-bge-m3.service
+    """)
+    assert c.listen == "127.0.0.1:3002"
+    assert c.models["bge-m3"].url == "http://127.0.0.1:3004"
+    assert c.models["qwen3-coder-flash"].unit == "llama-server-qwen3-coder-flash.service"
+    assert c.warnings == ("server.trace_log: ignored (requests are logged to the journal instead)",)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("models: {a: coder}", "models.a.unit: must end in .service (got 'coder')"),
+    ("models: {a: {unit: a.service, cmd: /bin/true}}", "models.a: needs exactly one of unit or cmd"),
+    ("models: {a: {aliases: [x]}}", "models.a: needs exactly one of unit or cmd"),
+    ("models: {a: {unit: a.service, colour: red}}", "models.a.colour: unknown key"),
+    ("models: {a: {cmd: llama-server -m x}}", "models.a.cmd: the program must be an absolute path"),
+    ("models: {a: {cmd: '/bin/x \"unclosed'}}", "models.a.cmd: cannot split into arguments"),
+    ("models: {a: {cmd: ''}}", "models.a.cmd: must not be empty"),
+    ("models: {a: {unit: a.service, url: 'ftp://x'}}", "models.a.url: must be an http(s) URL"),
+    ("models: {a: {unit: a.service, url: 'http://h:x'}}", "models.a.url: must be an http(s) URL"),
+    ("models: {a: {unit: a.service, url: 'http://h:1/v1'}}", "models.a.url: must be an http(s) URL with no path"),
+    ("models: {a: {unit: a.service, health_timeout: 0}}", "models.a.health_timeout: must be a positive number"),
+    ("models: {a: {unit: a.service, health_timeout: soon}}", "models.a.health_timeout: must be a positive number"),
+    ("models: {a: {unit: a.service, aliases: [1]}}", "models.a.aliases: must be a list of names"),
+    ("models: {a: {unit: a.service, repair_tool_calls: maybe}}", "models.a.repair_tool_calls: must be true or false"),
+    ("models: {a: [a.service]}", "models.a: must be a unit name or a mapping (got a list)"),
+    ("models: {'a b': a.service}", "models.a b: model name must start with a letter or digit"),
+    ("models: {a: a.service, b: {unit: b.service, aliases: [a]}}", "models.b: name or alias 'a' is already used"),
+    ("models: {a: x.service, b: x.service}", "models.b.unit: x.service is already used by model 'a'"),
+    ("models: {}", "models: must be a mapping of at least one model"),
+    ("listen: 3002\nmodels: {a: a.service}", "listen: must be HOST:PORT"),
+    ("listen: 'h:70000'\nmodels: {a: a.service}", "listen: must be HOST:PORT"),
+    ("backend: localhost:3004\nmodels: {a: a.service}", "backend: must be an http(s) URL"),
+    ("health_timeout: -1\nmodels: {a: a.service}", "health_timeout: must be a positive number"),
+    ("max_body_bytes: 1.5\nmodels: {a: a.service}", "max_body_bytes: must be a positive integer"),
+    ("colour: red\nmodels: {a: a.service}", "colour: unknown key"),
+    ("- a\n- b", "top level must be a mapping, got a list"),
+    ("models: [", "not valid YAML"),
+    ("server: {port: x}\nmodels: {a: a.service}", "server.port: must be an integer"),
+    ("server: {hots: x}\nmodels: {a: a.service}", "server.hots: unknown key"),
+    ("server: {port: 1}\nlisten: 'h:1'\nmodels: {a: a.service}", "server: cannot be combined with listen"),
+])
+def test_errors_name_the_key(text, message):
+    with pytest.raises(ConfigError) as e:
+        parse(text)
+    assert message in e.value.message
+
+
+def test_ipv6_listen():
+    c = cfg("listen: '[::1]:3002'\nmodels: {a: a.service}")
+    assert (c.listen_host, c.listen_port, c.listen) == ("::1", 3002, "[::1]:3002")
+
+
+def test_plus_in_name_is_escaped_for_the_transient_unit():
+    c = cfg("models: {'a+b': {cmd: [/bin/sleep, 100]}}")
+    assert c.models["a+b"].unit == "llm-switch-a\\x2bb.service"
+    assert c.models["a+b"].cmd == ("/bin/sleep", "100")
+
+
+def test_load_missing_file_says_so(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load(tmp_path / "nope.yaml")
+
+
+def test_find_path_order(tmp_path, monkeypatch):
+    monkeypatch.delenv("LLM_SWITCH_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.chdir(tmp_path)
+    assert str(find_path(None)) == "config.yaml"
+    user = tmp_path / "xdg" / "llm-switch" / "config.yaml"
+    user.parent.mkdir(parents=True)
+    user.write_text("models: {a: a.service}")
+    assert find_path(None) == user
+    monkeypatch.setenv("LLM_SWITCH_CONFIG", "/etc/x.yaml")
+    assert str(find_path(None)) == "/etc/x.yaml"
+    assert str(find_path("/given.yaml")) == "/given.yaml"
