@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from . import journal
+from . import journal, repair
 from .config import Config
 from .errors import BadRequest, RequestTooLarge, SwitchError, UnknownModel
-from .proxy import BackendGone, relay
+from .proxy import BackendGone, relay, repair_tool_calls
 from .switcher import State, Switcher
 from .systemd import Systemd
 
@@ -59,7 +59,8 @@ async def openai_errors(request: web.Request, handler) -> web.StreamResponse:
 # -- the model routes ---------------------------------------------------------------------------
 
 async def forward(request: web.Request) -> web.StreamResponse:
-    config = request.app[CONFIG]
+    switcher = request.app[SWITCHER]
+    config = switcher.config  # the newest: a reload replaces it
     if request.content_length is not None and request.content_length > config.max_body_bytes:
         raise web.HTTPRequestEntityTooLarge(max_size=config.max_body_bytes, actual_size=request.content_length)
     body = await request.read()
@@ -75,18 +76,25 @@ async def forward(request: web.Request) -> web.StreamResponse:
     if model is None:
         raise UnknownModel(f"unknown model {name!r}; this switch serves: {_known(config)}")
 
-    switcher = request.app[SWITCHER]
+    transform = None
+    if model.repair_tool_calls and request.path.endswith("/chat/completions"):
+        if names := repair.repair_request(payload):
+            log.info("%s: repaired the arguments of %d tool call(s) in the request history: %s",
+                     model.name, len(names), ", ".join(names))
+            body = json.dumps(payload, ensure_ascii=False).encode()
+        transform = repair_tool_calls(model, tools_offered=bool(payload.get("tools")))
+
     http = request.app[HTTP]
     try:
         async with switcher.use(model):
-            return await relay(request, http, model, body)
+            return await relay(request, http, model, body, transform)
     except BackendGone:
         # the unit may have been stopped behind our back: find out, and start it again once
         if not await switcher.forget_if_stopped(model):
             raise
         log.info("%s: %s was stopped outside the switch; starting it again", model.name, model.unit)
         async with switcher.use(model):
-            return await relay(request, http, model, body)
+            return await relay(request, http, model, body, transform)
 
 
 def _known(config: Config) -> str:

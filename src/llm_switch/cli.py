@@ -62,12 +62,8 @@ def _load(explicit: str | None, listen: str | None = None) -> Config:
         log.warning("%s: %s", path, warning)
     if listen:
         host, port = config_mod.parse_listen(listen, "--listen")
-        config = _replace_listen(config, host, port)
+        config = replace(config, listen_host=host, listen_port=port)
     return config
-
-
-def _replace_listen(config: Config, host: str, port: int) -> Config:
-    return replace(config, listen_host=host, listen_port=port)
 
 
 async def _serve(config: Config, explicit_path: str | None) -> None:
@@ -101,9 +97,11 @@ async def _reload(switcher, explicit_path: str | None, current: Config) -> None:
     journal.notify("RELOADING=1")
     try:
         new = _load(explicit_path or current.path)
-        if (new.listen_host, new.listen_port) != (current.listen_host, current.listen_port):
-            log.warning("reload: listen changed to %s; it takes effect on restart", new.listen)
-            new = _replace_listen(new, current.listen_host, current.listen_port)
+        if (new.listen, new.max_body_bytes) != (current.listen, current.max_body_bytes):
+            log.warning("reload: listen and max_body_bytes take effect on restart; keeping %s and %d bytes",
+                        current.listen, current.max_body_bytes)
+            new = replace(new, listen_host=current.listen_host, listen_port=current.listen_port,
+                          max_body_bytes=current.max_body_bytes)
         await switcher.reload(new)
     except SwitchError as e:
         log.error("reload refused, the running config stays in force: %s", e.message)

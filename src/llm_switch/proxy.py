@@ -8,6 +8,7 @@ import logging
 import aiohttp
 from aiohttp import web
 
+from . import repair
 from .config import Model
 from .errors import BackendUnreachable
 
@@ -84,3 +85,49 @@ async def relay(request: web.Request, http: aiohttp.ClientSession, model: Model,
                 return response
         await response.write_eof()
         return response
+
+
+def repair_tool_calls(model: Model, tools_offered: bool):
+    """A `transform` for `relay` that repairs tool calls in a successful chat completion: streamed
+    (text flows at once, each call's arguments are sent whole once complete) or not."""
+
+    def transform(upstream: aiohttp.ClientResponse):
+        if upstream.status != 200:
+            return None  # errors pass through untouched
+        if is_event_stream(upstream):
+            stream = repair.StreamRepair(tools_offered)
+
+            def close() -> bytes:
+                tail = stream.close()
+                _log_repairs(model, stream.repaired, "stream")
+                return tail
+
+            return stream.feed, close
+        if upstream.content_type != "application/json":
+            return None
+        held = bytearray()
+
+        def feed(chunk: bytes) -> bytes:
+            held.extend(chunk)
+            return b""
+
+        def close() -> bytes:
+            try:
+                body = json.loads(held)
+            except ValueError:
+                return bytes(held)
+            if not isinstance(body, dict):
+                return bytes(held)
+            names = repair.repair_completion(body, tools_offered)
+            _log_repairs(model, names, "answer")
+            return json.dumps(body, ensure_ascii=False).encode()
+
+        return feed, close
+
+    return transform
+
+
+def _log_repairs(model: Model, names: list[str], where: str) -> None:
+    if names:
+        log.info("%s: repaired the arguments of %d tool call(s) in the %s: %s",
+                 model.name, len(names), where, ", ".join(names))
