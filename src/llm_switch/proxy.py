@@ -78,6 +78,8 @@ async def relay(request: web.Request, http: aiohttp.ClientSession, model: Model,
             # visibly (its body stays short of Content-Length or the final chunk)
             log.warning("%s: backend broke off its answer: %s", model.name, e)
             if is_event_stream(upstream):
+                if rewrite and (tail := rewrite[1]()):
+                    await response.write(tail)  # tool calls held so far, repaired
                 error = BackendUnreachable(f"{model.name}: the backend broke off its answer ({e})")
                 await response.write(b"data: " + json.dumps(error.body()).encode() + b"\n\n")
             else:
