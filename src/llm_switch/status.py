@@ -1,0 +1,168 @@
+"""`llm-switch status`: what runs, starts or failed, the config in use, the last switches.
+
+Asks the daemon (`GET /status`); when it does not answer, asks the user manager over D-Bus
+about llm-switch.service and the configured units instead. Exit status: 0 when the daemon
+answered, 3 when it did not (as `systemctl status` does for a unit that is not running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from . import config as config_mod
+from .config import DEFAULT_LISTEN, Config
+from .errors import ConfigError, SwitchError
+
+SERVICE = "llm-switch.service"
+NOT_ANSWERING = 3
+_UP = ("ready", "starting", "stopping")
+
+
+def run(args) -> int:
+    config, config_note = _config(getattr(args, "config", None))
+    url = (getattr(args, "url", None) or _url_of(config.listen if config else DEFAULT_LISTEN)).rstrip("/")
+    try:
+        status = _get_json(url + "/status")
+    except OSError as e:
+        print(f"llm-switch does not answer at {url}: {_reason(e)}")
+        if config_note:
+            print(config_note)
+        print(_from_systemd(config))
+        return NOT_ANSWERING
+    print(render(status, url, time.time()))
+    return 0
+
+
+def _config(explicit: str | None) -> tuple[Config | None, str | None]:
+    path = config_mod.find_path(explicit)
+    try:
+        return config_mod.load(path), None
+    except ConfigError as e:
+        return None, f"config: {e.message}"
+
+
+def _url_of(listen: str) -> str:
+    """A URL to reach the daemon at its listen address (a wildcard address means loopback)."""
+    host, port = config_mod.parse_listen(listen, "listen")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _get_json(url: str, timeout: float = 5.0) -> Any:
+    """GET url → JSON; OSError (URLError is one) when nothing usable answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        raise OSError(f"HTTP {e.code} from {url}") from None
+    except (ValueError, TimeoutError) as e:  # not JSON: something else listens there
+        raise OSError(f"{url} did not answer with JSON ({e})") from None
+
+
+def _reason(e: OSError) -> str:
+    reason = getattr(e, "reason", None) or e.strerror or e
+    return str(getattr(reason, "strerror", None) or reason)
+
+
+# -- the daemon's view ------------------------------------------------------------------------
+
+def render(status: dict, url: str, now: float) -> str:
+    """The daemon's /status as text for a terminal."""
+    lines = [f"llm-switch at {url}/v1", f"config: {status.get('config') or '(none)'}"]
+    models = status.get("models") or []
+    width = max((len(m["model"]) for m in models), default=0)
+    up = [m for m in models if m.get("state") in _UP]
+    lines.append("running: " + (", ".join(f"{m['model']} ({m['state']})" for m in up) or "none"))
+    lines.append("models:")
+    for m in models:
+        since = m.get("since")
+        when = f"  since {_clock(since)} ({_ago(now - since)})" if since and m.get("state") != "stopped" else ""
+        line = f"  {m['model']:<{width}}  {m.get('state', '?'):<8}  {m.get('unit', '')}{when}"
+        if m.get("state") == "failed" and m.get("reason"):
+            line += f"\n  {'':<{width}}  {_first_line(m['reason'])}"
+        lines.append(line)
+    switches = status.get("switches") or []
+    if switches:
+        lines.append("last switches (newest last):")
+        for s in switches[-10:]:
+            lines.append(f"  {_clock(s.get('at'))}  {_switch_text(s)}")
+    else:
+        lines.append("no switch yet")
+    return "\n".join(lines)
+
+
+def _switch_text(s: dict) -> str:
+    before, target = s.get("from"), s.get("to")
+    stopped, ready = float(s.get("stopped_s") or 0), float(s.get("ready_s") or 0)
+    parts = [f"{before or '–'} → {target}:"]
+    if before:
+        parts.append(f"stopped {before} in {stopped:.2f} s,")
+    if s.get("ok", True):
+        parts.append(f"{target} ready in {ready:.2f} s")
+    else:
+        parts.append(f"{target} FAILED after {ready:.2f} s")
+    return " ".join(parts)
+
+
+def _clock(ts: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts)) if ts else "--:--:--"
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h ago"
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+# -- systemd's view, when the daemon does not answer ------------------------------------------
+
+def _from_systemd(config: Config | None) -> str:
+    try:
+        return asyncio.run(_ask_systemd(config))
+    except SwitchError as e:
+        return f"systemd: {e.message}"
+
+
+async def _ask_systemd(config: Config | None) -> str:
+    from .systemd import ActiveState, Systemd
+
+    systemd = Systemd(job_timeout=10)
+    try:
+        await asyncio.wait_for(systemd.connect(), 10)
+        units = [SERVICE] + ([m.unit for m in config.models.values()] if config else [])
+        states = await asyncio.wait_for(systemd.active_states(units), 10)
+        lines = []
+        service = states.get(SERVICE, ActiveState.INACTIVE)
+        text = f"{SERVICE}: {service}"
+        if service is ActiveState.FAILED:
+            text += f" ({await systemd.failure(SERVICE)})"
+        lines.append(text + "  (log: journalctl --user -u llm-switch)")
+        if config is None:
+            lines.append("no usable config: cannot tell which model units to ask about")
+            return "\n".join(lines)
+        lines.append(f"config: {config.path}")
+        lines.append("models, as systemd sees them:")
+        width = max(len(n) for n in config.models)
+        for name, model in config.models.items():
+            state = states.get(model.unit, ActiveState.INACTIVE)
+            line = f"  {name:<{width}}  {str(state):<12}  {model.unit}"
+            if state is ActiveState.FAILED:
+                line += f"  ({await systemd.failure(model.unit)})"
+            lines.append(line)
+        return "\n".join(lines)
+    except TimeoutError:
+        return "systemd: the user manager did not answer within 10 s"
+    finally:
+        await systemd.close()
