@@ -202,8 +202,12 @@ def _cmd(value: Any, key: str) -> tuple[str, ...]:
 
 
 def _unit_escape(name: str) -> str:
-    """Model names may hold characters a unit name cannot; escape like systemd-escape."""
-    return "".join(c if c.isalnum() or c in ":_." else "\\x%02x" % ord(c) for c in name)
+    """Model names may hold characters a unit name cannot: escape each byte of those as systemd
+    does (`\\x2b` for `+`); the characters allowed in unit names stay as they are."""
+    return "".join(
+        c if c.isascii() and (c.isalnum() or c in ":-_.") else "".join(f"\\x{b:02x}" for b in c.encode())
+        for c in name
+    )
 
 
 def parse_listen(value: Any, key: str) -> tuple[str, int]:

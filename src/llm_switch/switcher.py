@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -290,6 +291,8 @@ class Switcher:
 
     async def _why_failed(self, model: Model, what: str) -> str:
         detail = await self.systemd.failure(model.unit)
+        if model.cmd is not None and not (os.path.isfile(model.cmd[0]) and os.access(model.cmd[0], os.X_OK)):
+            detail += f"; {model.cmd[0]} is not an executable file"  # a transient unit is gone at once
         lines = await journal_tail(model.unit)
         text = f"{model.name}: unit {model.unit} {what} ({detail})"
         if lines:
@@ -355,8 +358,12 @@ class Switcher:
     async def forget_if_stopped(self, model: Model) -> bool:
         """After a refused connection: True (and state stopped) when systemd no longer runs the unit,
         so that the next request starts it again."""
-        state = (await self.systemd.active_states([model.unit])).get(model.unit)
-        if state is not None and state.running:
+        for _ in range(25):  # a crashed process may take systemd a moment to notice
+            state = (await self.systemd.active_states([model.unit])).get(model.unit)
+            if state is None or not state.running:
+                break
+            await asyncio.sleep(0.02)
+        else:
             return False
         status = self.models[model.name]
         if status.state is State.READY:

@@ -233,7 +233,9 @@ async def journal_tail(unit: str, lines: int = 10, timeout: float = 2.0) -> list
     """The unit's last journal lines, or none when there is no journal to read."""
     try:
         proc = await asyncio.create_subprocess_exec(
-            "journalctl", "--user", "-u", unit, "-n", str(lines), "-o", "cat", "--no-pager", "-q",
+            # --user-unit, not --user -u: it also finds user units' lines kept in the system journal
+            # (a volatile journal, or root's own manager)
+            "journalctl", "--user-unit", unit, "-n", str(lines), "-o", "cat", "--no-pager", "-q",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
         )
     except OSError:
