@@ -17,92 +17,110 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFWriter, TokenType
+from gguf import GGUFWriter
 
-HIDDEN = 64
-BLOCKS = 2
-HEADS = 4
-FFN = 128
-CONTEXT = 2048
-
-# Byte tokens above 0x7F would let random sampling emit invalid UTF-8, which llama-server's
-# chat parser answers with HTTP 500: only ASCII bytes, then whole words.
-_WORDS = (
-    "hello world switch model local systemd unit llama server ready start stop "
-    "fast slow small large one two three yes no the a of and to is it"
-).split()
-_CHAT_TEMPLATE = (
-    "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>\n{% endfor %}"
-    "{% if add_generation_prompt %}<s>assistant: {% endif %}"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>{{ message['content'] }}</s>"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
+_WORDS = [
+    "the", "a", "model", "switch", "unit", "server", "token", "test", "hello", "world",
+    "fast", "slow", "start", "stop", "ready", "json", "tool", "call", "llama", "system",
+    "user", "stream", "chunk", "port", "bus", "job", "load", "run", "yes", "no",
+]
 
 
 def _vocab() -> tuple[list[str], list[float], list[int]]:
+    # Token types (gguf.TokenType): NORMAL=1, UNKNOWN=2, CONTROL=3, BYTE=6.
     tokens = ["<unk>", "<s>", "</s>"]
-    types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL]
-    tokens += [f"<0x{b:02X}>" for b in range(0x80)]
-    types += [TokenType.BYTE] * 0x80
-    pieces = [f"\u2581{w}" for w in _WORDS] + list("abcdefghijklmnopqrstuvwxyz") + ["\u2581"]
-    tokens += pieces
-    types += [TokenType.NORMAL] * len(pieces)
-    scores = [0.0] * len(tokens)
-    return tokens, scores, [int(t) for t in types]
+    types = [2, 3, 3]
+    # Byte tokens for 0x00..0x7F only: above 0x7F, random sampling emits invalid UTF-8 and
+    # llama-server's chat parser answers 500 (TESTING.md).
+    for byte in range(0x80):
+        tokens.append(f"<0x{byte:02X}>")
+        types.append(6)
+    pieces = ["▁" + w for w in _WORDS] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    pieces += ["▁", ".", ",", "!", "?"]
+    for piece in pieces:
+        if piece not in tokens:
+            tokens.append(piece)
+            types.append(1)
+    scores = [0.0] * 3 + [-1000.0] * 0x80 + [-float(i) for i in range(len(tokens) - 3 - 0x80)]
+    return tokens, scores, types
 
 
-def make_model(path: str | Path, name: str) -> Path:
-    """Write one tiny llama-architecture model to `path`, its weights seeded by `name`."""
+def make_model(
+    path: str | Path,
+    seed: int | str,
+    *,
+    hidden: int = 64,
+    blocks: int = 2,
+    heads: int = 4,
+    ffn: int = 128,
+    ctx: int = 2048,
+) -> Path:
+    """Write a random llama-architecture GGUF (F32) that llama-server loads and chats with.
+
+    Defaults give a ~0.5 MB model; hidden=1024, blocks=8, ffn=2816 gives ~400 MB.
+    A different ``seed`` (a number, or a name) is a different model.
+    """
     path = Path(path)
-    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+    if isinstance(seed, str):
+        seed = int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "little")
+    path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     tokens, scores, types = _vocab()
-    n_vocab = len(tokens)
+    head_dim = hidden // heads
 
-    def weights(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
-
-    def ones(n: int) -> np.ndarray:
-        return np.ones(n, dtype=np.float32)
-
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.name + ".part")
     writer = GGUFWriter(str(tmp), "llama")
-    writer.add_name(name)
-    writer.add_context_length(CONTEXT)
-    writer.add_embedding_length(HIDDEN)
-    writer.add_block_count(BLOCKS)
-    writer.add_feed_forward_length(FFN)
-    writer.add_head_count(HEADS)
-    writer.add_head_count_kv(HEADS)
-    writer.add_rope_dimension_count(HIDDEN // HEADS)
+    writer.add_name(f"llm-switch-test-{seed}")
+    writer.add_context_length(ctx)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(blocks)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(heads)
+    writer.add_rope_dimension_count(head_dim)
     writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_file_type(0)  # all F32
+    writer.add_file_type(0)  # ALL_F32
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
     writer.add_token_types(types)
+    writer.add_unk_token_id(0)
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
-    writer.add_chat_template(_CHAT_TEMPLATE)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    writer.add_chat_template(CHAT_TEMPLATE)
 
-    # numpy shapes are ggml's dimensions reversed: token_embd is ne=[hidden, vocab]
-    writer.add_tensor("token_embd.weight", weights(n_vocab, HIDDEN))
-    writer.add_tensor("output_norm.weight", ones(HIDDEN))
-    writer.add_tensor("output.weight", weights(n_vocab, HIDDEN))
-    for i in range(BLOCKS):
-        blk = f"blk.{i}"
-        writer.add_tensor(f"{blk}.attn_norm.weight", ones(HIDDEN))
-        for t in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            writer.add_tensor(f"{blk}.{t}.weight", weights(HIDDEN, HIDDEN))
-        writer.add_tensor(f"{blk}.ffn_norm.weight", ones(HIDDEN))
-        writer.add_tensor(f"{blk}.ffn_gate.weight", weights(FFN, HIDDEN))
-        writer.add_tensor(f"{blk}.ffn_up.weight", weights(FFN, HIDDEN))
-        writer.add_tensor(f"{blk}.ffn_down.weight", weights(HIDDEN, FFN))
+    def rand(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float32)
 
+    vocab = len(tokens)
+    # numpy shapes are ggml's dims reversed: (rows=out, cols=in).
+    writer.add_tensor("token_embd.weight", rand(vocab, hidden))
+    writer.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
+    writer.add_tensor("output.weight", rand(vocab, hidden))
+    for i in range(blocks):
+        b = f"blk.{i}."
+        writer.add_tensor(b + "attn_norm.weight", np.ones(hidden, dtype=np.float32))
+        writer.add_tensor(b + "attn_q.weight", rand(hidden, hidden))
+        writer.add_tensor(b + "attn_k.weight", rand(heads * head_dim, hidden))
+        writer.add_tensor(b + "attn_v.weight", rand(heads * head_dim, hidden))
+        writer.add_tensor(b + "attn_output.weight", rand(hidden, hidden))
+        writer.add_tensor(b + "ffn_norm.weight", np.ones(hidden, dtype=np.float32))
+        writer.add_tensor(b + "ffn_gate.weight", rand(ffn, hidden))
+        writer.add_tensor(b + "ffn_up.weight", rand(ffn, hidden))
+        writer.add_tensor(b + "ffn_down.weight", rand(hidden, ffn))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    tmp.replace(path)  # a reader never sees half a file
+    tmp.replace(path)
     return path
 
 
