@@ -6,13 +6,12 @@ import json
 import logging
 from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import web
 
 from . import journal, repair
 from .config import Config
 from .errors import BadRequest, RequestTooLarge, SwitchError, UnknownModel
-from .proxy import BackendGone, relay, repair_tool_calls
+from .proxy import BackendGone, Backends, relay, repair_tool_calls
 from .switcher import State, Switcher
 from .systemd import Systemd
 
@@ -20,7 +19,7 @@ log = logging.getLogger(__name__)
 
 CONFIG = web.AppKey("config", Config)
 SWITCHER = web.AppKey("switcher", Switcher)
-HTTP = web.AppKey("http", aiohttp.ClientSession)
+BACKENDS = web.AppKey("backends", Backends)
 SYSTEMD = web.AppKey("systemd", Systemd)
 
 
@@ -84,17 +83,17 @@ async def forward(request: web.Request) -> web.StreamResponse:
             body = json.dumps(payload, ensure_ascii=False).encode()
         transform = repair_tool_calls(model, tools_offered=bool(payload.get("tools")))
 
-    http = request.app[HTTP]
+    backends = request.app[BACKENDS]
     try:
         async with switcher.use(model):
-            return await relay(request, http, model, body, transform)
+            return await relay(request, backends.session(model.url), model, body, transform)
     except BackendGone:
         # the unit may have been stopped behind our back: find out, and start it again once
         if not await switcher.forget_if_stopped(model):
             raise
         log.info("%s: %s was stopped outside the switch; starting it again", model.name, model.unit)
         async with switcher.use(model):
-            return await relay(request, http, model, body, transform)
+            return await relay(request, backends.session(model.url), model, body, transform)
 
 
 def _known(config: Config) -> str:
@@ -189,22 +188,19 @@ def build_app(config: Config) -> web.Application:
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
-    # limit=0: streaming clients each hold a connection; llama-server queues beyond its slots
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None)
-    http = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                 skip_auto_headers=("Accept-Encoding", "User-Agent"))
+    backends = Backends()
     systemd = Systemd()
     try:
         await systemd.connect()
-        switcher = Switcher(app[CONFIG], systemd, http)
+        switcher = Switcher(app[CONFIG], systemd, backends)
         switcher.on_change = lambda: journal.notify(f"STATUS={status_line(switcher)}")
         await switcher.adopt()
     except BaseException:
-        await http.close()
+        await backends.close_all()
         await systemd.close()
         raise
-    app[HTTP], app[SYSTEMD], app[SWITCHER] = http, systemd, switcher
+    app[BACKENDS], app[SYSTEMD], app[SWITCHER] = backends, systemd, switcher
     yield
     await switcher.close()
-    await http.close()
+    await backends.close_all()
     await systemd.close()

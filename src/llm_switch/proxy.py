@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from typing import NamedTuple
 
 import aiohttp
 from aiohttp import web
@@ -30,6 +32,40 @@ class BackendGone(BackendUnreachable):
     """The backend refused the connection: nothing was sent, so the request may be retried."""
 
 
+class Backends:
+    """One HTTP client session per backend URL.
+
+    Before a model is stopped its idle keep-alive connections are closed: llama-server's shutdown
+    waits for them (it looks at idle sockets only every few milliseconds)."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def session(self, url: str) -> aiohttp.ClientSession:
+        session = self._sessions.get(url)
+        if session is None or session.closed:
+            # limit=0: streaming clients each hold a connection; llama-server queues beyond its slots
+            session = self._sessions[url] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
+                skip_auto_headers=("Accept-Encoding", "User-Agent"))
+        return session
+
+    async def close(self, url: str) -> None:
+        if (session := self._sessions.pop(url, None)) is not None:
+            await session.close()
+
+    async def close_all(self) -> None:
+        for url in list(self._sessions):
+            await self.close(url)
+
+
+class Rewrite(NamedTuple):
+    """How a successful answer's bytes are changed on the way: `feed` each chunk, `close` at the end."""
+
+    feed: Callable[[bytes], bytes]
+    close: Callable[[], bytes]
+
+
 def upstream_headers(request: web.Request) -> dict[str, str]:
     return {k: v for k, v in request.headers.items() if k.lower() not in _NOT_UPSTREAM}
 
@@ -39,11 +75,12 @@ def is_event_stream(resp: aiohttp.ClientResponse) -> bool:
 
 
 async def relay(request: web.Request, http: aiohttp.ClientSession, model: Model, body: bytes,
-                transform=None) -> web.StreamResponse:
+                transform: Callable[[aiohttp.ClientResponse], Rewrite | None] | None = None
+                ) -> web.StreamResponse:
     """Send `body` to the model's backend and relay the answer chunk by chunk.
 
-    `transform(upstream) -> (feed, close) | None` may rewrite a successful answer's bytes on the way
-    (tool-call repair); without it the relay is byte-transparent."""
+    `transform` may rewrite a successful answer on the way (tool-call repair): an event stream
+    chunk by chunk, any other body whole. Without it the relay is byte-transparent."""
     url = model.url + request.rel_url.path_qs
     try:
         upstream = await http.request(request.method, url, data=body, headers=upstream_headers(request),
@@ -55,19 +92,25 @@ async def relay(request: web.Request, http: aiohttp.ClientSession, model: Model,
 
     async with upstream:
         rewrite = transform(upstream) if transform else None
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        for k, v in upstream.headers.items():
-            if k.lower() not in HOP_BY_HOP:
-                response.headers.add(k, v)
+        headers = [(k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP]
+        if rewrite and not is_event_stream(upstream):
+            try:
+                whole = await upstream.read()
+            except (aiohttp.ClientError, TimeoutError) as e:
+                raise BackendUnreachable(f"{model.name}: the backend broke off its answer ({e})") from None
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers,
+                                body=rewrite.feed(whole) + rewrite.close())
+
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         if "Content-Length" in upstream.headers and rewrite is None:
             response.content_length = int(upstream.headers["Content-Length"])
         await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_any():
-                out = rewrite[0](chunk) if rewrite else chunk
+                out = rewrite.feed(chunk) if rewrite else chunk
                 if out:
                     await response.write(out)
-            if rewrite and (tail := rewrite[1]()):
+            if rewrite and (tail := rewrite.close()):
                 await response.write(tail)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             log.info("%s: client went away; closing the request to the backend", model.name)
@@ -78,7 +121,7 @@ async def relay(request: web.Request, http: aiohttp.ClientSession, model: Model,
             # visibly (its body stays short of Content-Length or the final chunk)
             log.warning("%s: backend broke off its answer: %s", model.name, e)
             if is_event_stream(upstream):
-                if rewrite and (tail := rewrite[1]()):
+                if rewrite and (tail := rewrite.close()):
                     await response.write(tail)  # tool calls held so far, repaired
                 error = BackendUnreachable(f"{model.name}: the backend broke off its answer ({e})")
                 await response.write(b"data: " + json.dumps(error.body()).encode() + b"\n\n")
@@ -89,31 +132,30 @@ async def relay(request: web.Request, http: aiohttp.ClientSession, model: Model,
         return response
 
 
-def repair_tool_calls(model: Model, tools_offered: bool):
+def repair_tool_calls(model: Model, tools_offered: bool) -> Callable[[aiohttp.ClientResponse], Rewrite | None]:
     """A `transform` for `relay` that repairs tool calls in a successful chat completion: streamed
     (text flows at once, each call's arguments are sent whole once complete) or not."""
 
-    def transform(upstream: aiohttp.ClientResponse):
+    def transform(upstream: aiohttp.ClientResponse) -> Rewrite | None:
         if upstream.status != 200:
             return None  # errors pass through untouched
         if is_event_stream(upstream):
             stream = repair.StreamRepair(tools_offered)
 
-            def close() -> bytes:
+            def close_stream() -> bytes:
                 tail = stream.close()
                 _log_repairs(model, stream.repaired, "stream")
                 return tail
 
-            return stream.feed, close
+            return Rewrite(stream.feed, close_stream)
         if upstream.content_type != "application/json":
             return None
         held = bytearray()
 
-        def feed(chunk: bytes) -> bytes:
-            held.extend(chunk)
-            return b""
-
-        def close() -> bytes:
+        def close_body() -> bytes:
+            # an answer with no tool call in any form goes out as it came, unparsed
+            if b"tool_call" not in held and b"function" not in held:
+                return bytes(held)
             try:
                 body = json.loads(held)
             except ValueError:
@@ -124,7 +166,7 @@ def repair_tool_calls(model: Model, tools_offered: bool):
             _log_repairs(model, names, "answer")
             return json.dumps(body, ensure_ascii=False).encode()
 
-        return feed, close
+        return Rewrite(lambda chunk: held.extend(chunk) or b"", close_body)
 
     return transform
 

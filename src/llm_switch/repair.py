@@ -455,6 +455,14 @@ class StreamRepair:
 
     def feed(self, data: bytes) -> bytes:
         """Upstream bytes in any split → bytes to send now (text deltas immediately)."""
+        # Fast path: a run of whole LF-framed events that are all quiet goes out as it came,
+        # unparsed. Quiet events change no state, so this is what the per-event path would do.
+        if self._sse.empty and b"\r" not in data:
+            cut = data.rfind(b"\n\n") + 2
+            if cut >= 2 and b"[DONE]" not in data and self._quiet(block := data[:cut]):
+                self._eol = b"\n"
+                rest = data[cut:]
+                return block + (b"".join(self._event(ev) for ev in self._sse.feed(rest)) if rest else b"")
         return b"".join(self._event(ev) for ev in self._sse.feed(data))
 
     def close(self) -> bytes:

@@ -61,6 +61,11 @@ class SSEParser:
         self._line_start = 0  # where the current (unterminated) line begins
         self._scan = 0  # where to look for the next line terminator
 
+    @property
+    def empty(self) -> bool:
+        """True between events: the next byte starts a new event."""
+        return not self._buf
+
     def feed(self, data: bytes) -> list[Event]:
         """Add bytes; return the events completed by them."""
         self._buf += data

@@ -28,6 +28,7 @@ import aiohttp
 
 from .config import Config, Model
 from .errors import BackendUnreachable, HealthTimeout, StartFailed, SwitchError
+from .proxy import Backends
 from .systemd import JobFailed, Systemd, journal_tail
 
 log = logging.getLogger(__name__)
@@ -89,11 +90,11 @@ def _probe_interval(elapsed: float) -> float:
 
 
 class Switcher:
-    def __init__(self, config: Config, systemd: Systemd, http: aiohttp.ClientSession,
+    def __init__(self, config: Config, systemd: Systemd, backends: Backends,
                  on_change: Callable[[], None] = lambda: None) -> None:
         self.config = config
         self.systemd = systemd
-        self.http = http
+        self.backends = backends
         self.on_change = on_change
         self.models: dict[str, ModelState] = {name: ModelState() for name in config.models}
         self.switches: deque[SwitchRecord] = deque(maxlen=20)
@@ -232,6 +233,7 @@ class Switcher:
         status.set(State.STOPPING)
         self.on_change()
         t0 = time.monotonic()
+        await self.backends.close(model.url)
         try:
             await self.systemd.stop(model.unit)
         except SwitchError:
@@ -251,32 +253,45 @@ class Switcher:
         await self._wait_healthy(model)
 
     async def _wait_healthy(self, model: Model) -> None:
-        t0 = time.monotonic()
+        t0 = last_asked = time.monotonic()
         deadline = t0 + model.health_timeout
+        first = True
         while True:
-            if await self._healthy(model, min(2.0, max(0.05, deadline - time.monotonic()))):
+            status = await self._health(model, min(2.0, max(0.05, deadline - time.monotonic())))
+            if status == 200:
                 await self._check_identity(model)
                 return
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 raise HealthTimeout(f"{model.name}: not healthy at {model.url}/health within "
                                     f"{model.health_timeout:g} s (health_timeout); unit {model.unit} was stopped")
-            state = (await self.systemd.active_states([model.unit])).get(model.unit)
-            if state is None or not state.running:
-                raise StartFailed(await self._why_failed(model, "exited while loading"))
-            await asyncio.sleep(_probe_interval(time.monotonic() - t0))
+            # nothing listening: has the unit died? (a 503 means it is alive and loading) Asked at
+            # most every 50 ms: a D-Bus round trip per 5 ms probe would slow the probes down.
+            if status is None and (first or now - last_asked >= 0.05):
+                first, last_asked = False, now
+                state = (await self.systemd.active_states([model.unit])).get(model.unit)
+                if state is None or not state.running:
+                    raise StartFailed(await self._why_failed(model, "exited while loading"))
+            await asyncio.sleep(_probe_interval(now - t0))
 
-    async def _healthy(self, model: Model, timeout: float) -> bool:
+    async def _health(self, model: Model, timeout: float) -> int | None:
+        """The status of the model's /health, or None when nothing answered."""
         try:
-            async with self.http.get(f"{model.url}/health", timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            async with self.backends.session(model.url).get(
+                    f"{model.url}/health", timeout=aiohttp.ClientTimeout(total=timeout)) as r:
                 await r.read()
-                return r.status == 200
+                return r.status
         except (aiohttp.ClientError, TimeoutError, OSError):
-            return False
+            return None
 
     async def _check_identity(self, model: Model) -> None:
         """A stale server of another model on a shared port must not be taken for this one."""
+        sharing = [m for m in self.config.models.values() if m.url == model.url and m.name != model.name]
+        if not sharing:
+            return
         try:
-            async with self.http.get(f"{model.url}/v1/models", timeout=aiohttp.ClientTimeout(total=5)) as r:
+            async with self.backends.session(model.url).get(
+                    f"{model.url}/v1/models", timeout=aiohttp.ClientTimeout(total=5)) as r:
                 data = await r.json(content_type=None)
             ids = {str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict)}
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError, AttributeError):
@@ -284,8 +299,8 @@ class Switcher:
         ours = {model.name, *model.aliases}
         if ids & ours:
             return
-        for other in self.config.models.values():
-            if other.name != model.name and ids & {other.name, *other.aliases}:
+        for other in sharing:
+            if ids & {other.name, *other.aliases}:
                 raise BackendUnreachable(f"{model.name}: {model.url} answers as model {other.name!r}, not "
                                          f"{model.name!r}; is another server still bound to that port?")
 
@@ -312,7 +327,7 @@ class Switcher:
         states = await self.systemd.active_states([m.unit for m in models])
         for m in models:
             state = states.get(m.unit)
-            if state is not None and state.running and await self._healthy(m, 2.0):
+            if state is not None and state.running and await self._health(m, 2.0) == 200:
                 self.models[m.name].set(State.READY)
                 log.info("%s: adopted %s, already running", m.name, m.unit)
             elif state is not None and state.running:
