@@ -16,356 +16,22 @@ lifted out into a structured tool call.
 
 from __future__ import annotations
 
-import ast
 import json
-import logging
-import re
-import secrets
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-import json_repair
-
+from .arguments import DECODER, fix_tool_calls, logger, repair_arguments, repair_request
 from .sse import Event, SSEParser, format_event
+from .text_calls import OPEN_TAG, TextCalls, new_call_id, parse_text_call
 
-__all__ = ["StreamRepair", "repair_arguments", "repair_completion", "repair_request"]
-
-logger = logging.getLogger("llm_switch.repair")
-
-OPEN_TAG = "<tool_call>"
-CLOSE_TAG = "</tool_call>"
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")  # NaN/Infinity: Python accepts them, llama-server does not
-
-
-_decoder = json.JSONDecoder(parse_constant=_reject_constant)
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, allow_nan=False)
-
-
-def _first_object(obj: Any) -> dict | None:
-    if isinstance(obj, dict):
-        return obj
-    if isinstance(obj, list):  # json-repair reads `{..}{..}` as a list of both
-        return next((x for x in obj if isinstance(x, dict)), None)
-    return None
-
-
-def repair_arguments(value: Any, name: str = "?") -> tuple[str, bool]:
-    """Return (arguments as a JSON object string, whether it differs from `value`)."""
-    if isinstance(value, str):
-        fixed = _repair_str(value, name, depth=0)
-        return fixed, fixed != value
-    if isinstance(value, dict):  # an object instead of a string: encode it as OpenAI does
-        try:
-            return _dumps(value), True
-        except ValueError:
-            pass
-    logger.warning("tool %s: arguments unusable (%s), replaced with {}", name, type(value).__name__)
-    return "{}", True
-
-
-_TOKEN = re.compile(
-    r'(?P<str>"[^"\\]*(?:\\.[^"\\]*)*")|(?P<open>"[^"\\]*(?:\\.[^"\\]*)*\\?\Z)|(?P<punct>[{}\[\],:])', re.S
-)
-_CLOSER = {"{": "}", "[": "]"}
-
-
-def _close_up(s: str) -> str | None:
-    """The cheap fix for the usual breakage, keeping the model's own formatting: drop trailing
-    commas, close a truncated string and the open brackets. None when that is not enough."""
-    if not s.lstrip().startswith("{"):
-        return None
-    stack: list[str] = []
-    drop: list[int] = []  # trailing commas
-    comma = -1  # position of the last comma token
-    tail = ""
-    for m in _TOKEN.finditer(s):
-        tok = m.group()
-        if m.lastgroup == "open":
-            backslashes = len(tok) - len(tok.rstrip("\\"))
-            if backslashes % 2:  # a dangling escape
-                s = s[:-1]
-            tail = '"'
-        elif tok in "}]":
-            if not stack or _CLOSER[stack.pop()] != tok:
-                return None
-            if comma >= 0 and not s[comma + 1 : m.start()].strip():
-                drop.append(comma)
-        elif tok in "{[":
-            stack.append(tok)
-        comma = m.start() if tok == "," else -1
-    if drop:
-        s = "".join(s[i + 1 : j] for i, j in zip([-1, *drop], [*drop, len(s)]))
-    fixed = (s + tail).rstrip()
-    if fixed.endswith(","):
-        fixed = fixed[:-1]
-    fixed += "".join(_CLOSER[c] for c in reversed(stack))
-    try:
-        return fixed if isinstance(_decoder.decode(fixed), dict) else None
-    except ValueError:
-        return None
-
-
-def _python_literal(s: str) -> str | None:
-    """A Python dict written instead of JSON ({'a': True, 'b': None}): read it with the (safe,
-    fast) literal parser rather than json-repair, which is slow on long text."""
-    if not s.lstrip().startswith("{"):
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # invalid escapes like '\p' warn
-            obj = ast.literal_eval(s.strip())
-        return _dumps(obj) if isinstance(obj, dict) else None
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return None
-
-
-def _repair_str(s: str, name: str, depth: int) -> str:
-    try:
-        obj = _decoder.decode(s)
-    except ValueError:
-        pass
-    else:
-        if isinstance(obj, dict):
-            return s  # valid: byte-identical
-        if isinstance(obj, str) and depth == 0:  # double-encoded: "{\"a\": 1}"
-            return _repair_str(obj, name, depth + 1)
-    start = len(s) - len(s.lstrip())
-    try:  # one whole object followed by more (a second object, stray text): keep the first
-        obj, end = _decoder.raw_decode(s, start)
-    except ValueError:
-        pass
-    else:
-        if isinstance(obj, dict):
-            return s[start:end]
-    if (quick := _close_up(s)) is not None:
-        return quick
-    if (literal := _python_literal(s)) is not None:
-        return literal
-    if s.strip():
-        try:
-            obj = json_repair.repair_json(s, return_objects=True, skip_json_loads=True)
-        except Exception:  # json-repair has no narrow error type; any failure means "unrepairable"
-            obj = None
-        if isinstance(obj, str) and depth == 0 and obj.strip():
-            return _repair_str(obj, name, depth + 1)
-        if (found := _first_object(obj)) is not None:
-            try:
-                return _dumps(found)
-            except ValueError:
-                pass
-        logger.warning("tool %s: arguments not repairable (%d chars), replaced with {}", name, len(s))
-        logger.debug("tool %s: unrepairable arguments: %r", name, s)
-    else:
-        logger.warning("tool %s: empty arguments, replaced with {}", name)
-    return "{}"
-
-
-def _fix_tool_calls(calls: Any, repaired: list[str]) -> None:
-    if not isinstance(calls, list):
-        return
-    for call in calls:
-        fn = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(fn, dict):
-            continue
-        name = fn.get("name") if isinstance(fn.get("name"), str) else "?"
-        fixed, changed = repair_arguments(fn.get("arguments"), name)
-        if changed:
-            fn["arguments"] = fixed
-            repaired.append(name)
-
-
-def repair_request(body: dict) -> list[str]:
-    """Repairs tool_calls[].function.arguments in the request's assistant messages in place; returns the names of the tools whose arguments were repaired."""
-    repaired: list[str] = []
-    messages = body.get("messages") if isinstance(body, dict) else None
-    if not isinstance(messages, list):
-        return repaired
-    for msg in messages:
-        if isinstance(msg, dict) and msg.get("role") == "assistant":
-            _fix_tool_calls(msg.get("tool_calls"), repaired)
-    return repaired
-
-
-# --- tool calls written as text --------------------------------------------------------------
-
-_XML_FUNCTION = re.compile(r"<function=([^>\n]+)>(.*?)(?:</function>|\Z)", re.S)
-_XML_PARAM = re.compile(r"<parameter=([^>\n]+)>(.*?)(?:</parameter>|(?=<parameter=)|\Z)", re.S)
-
-
-_XML_START = "<function="
-
-
-def _new_call_id() -> str:
-    return "call_" + secrets.token_hex(12)
-
-
-def _xml_value(text: str) -> Any:
-    v = text.removeprefix("\n").removesuffix("\n")
-    s = v.strip()
-    if s and (s[0] in "{[-0123456789" or s in ("true", "false", "null")):
-        try:
-            return _decoder.decode(s)
-        except ValueError:
-            pass
-    return v
-
-
-def parse_text_call(inner: str) -> tuple[str, str, bool] | None:
-    """Read the inside of a `<tool_call>` block: (name, JSON-object arguments, repaired) or None."""
-    s = inner.strip()
-    if not _looks_like_call(s):
-        return None
-    if s.startswith(_XML_START):  # Qwen3-Coder: <function=f><parameter=p>v</parameter></function>
-        m = _XML_FUNCTION.match(s)
-        if not m or not m.group(1).strip():
-            return None
-        params = {k.strip(): _xml_value(v) for k, v in _XML_PARAM.findall(m.group(2))}
-        try:
-            return m.group(1).strip(), _dumps(params), False
-        except ValueError:
-            return None
-    try:
-        obj, broken = _decoder.decode(s), False
-    except ValueError:
-        try:
-            obj, broken = json_repair.repair_json(s, return_objects=True), True
-        except Exception:
-            return None
-    if isinstance(obj, list):
-        obj = next((x for x in obj if isinstance(x, dict) and "name" in x), None)
-    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"].strip():
-        return None
-    name = obj["name"]
-    args = obj.get("arguments", obj.get("parameters"))
-    if args is None:
-        return name, "{}", broken
-    fixed, changed = repair_arguments(args, name)
-    return name, fixed, broken or (changed and not isinstance(args, dict))
-
-
-def _looks_like_call(block: str) -> bool | None:
-    """Whether a block's start can be a call (JSON or Qwen3-Coder XML); None: can't tell yet."""
-    s = block.lstrip()
-    if not s:
-        return None
-    if s[0] in "{[":
-        return True
-    if s.startswith(_XML_START):
-        return True
-    return None if _XML_START.startswith(s) else False
-
-
-def _partial_tag(buf: str) -> int:
-    """Length of the longest tail of `buf` that could be the start of OPEN_TAG."""
-    start = buf.rfind("<", max(0, len(buf) - len(OPEN_TAG) + 1))
-    if start >= 0 and OPEN_TAG.startswith(buf[start:]):
-        return len(buf) - start
-    return 0
-
-
-class _TextCalls:
-    """Splits content into text and `<tool_call>` blocks, incrementally.
-
-    Holds back only what might still become a call: a tail that could be the start of the open
-    tag, an open block, and (until the first non-blank character) leading whitespace, which is
-    dropped if the message ends up with tool calls and no other text.
-    """
-
-    def __init__(self) -> None:
-        self.hold = ""  # a tail that may start OPEN_TAG
-        self.block: list[str] | None = None  # inside an open block: its text so far
-        self.committed = False  # the open block starts like a call
-        self.tail = ""  # the open block's last characters (where a split close tag may begin)
-        self.lead_ws = ""  # leading whitespace not yet sent
-        self.started = False  # a non-blank character has been sent
-
-    @property
-    def idle(self) -> bool:
-        return self.started and not self.hold and self.block is None
-
-    def feed(self, s: str) -> list[tuple[str, Any]]:
-        """Return ("text", str) and ("call", (name, args, repaired)) items, in order."""
-        out: list[tuple[str, Any]] = []
-        buf, self.hold = self.hold + s, ""
-        while buf:
-            if self.block is None:
-                i = buf.find(OPEN_TAG)
-                if i < 0:
-                    k = _partial_tag(buf)
-                    self._text(out, buf[: len(buf) - k])
-                    self.hold = buf[len(buf) - k :]
-                    break
-                self._text(out, buf[:i])
-                self.block, self.committed, buf = [], False, buf[i + len(OPEN_TAG) :]
-            else:
-                if not self.committed:
-                    whole = "".join(self.block) + buf
-                    looks = _looks_like_call(whole)
-                    if looks is False:  # prose that mentions the tag: let it go as text
-                        self.block = None
-                        self._text(out, OPEN_TAG)
-                        buf = whole
-                        continue
-                    self.committed = bool(looks)
-                    self.block, self.tail, buf = [], "", whole
-                # the close tag can only newly appear in what came last (parts: no quadratic copying)
-                probe = self.tail + buf
-                j = probe.find(CLOSE_TAG)
-                if j < 0:
-                    self.block.append(buf)
-                    self.tail = probe[-(len(CLOSE_TAG) - 1) :]
-                    break
-                whole = "".join(self.block) + buf
-                j += len(whole) - len(probe)
-                self.block = None
-                self._block(out, whole[:j], closed=True)
-                buf = whole[j + len(CLOSE_TAG) :]
-        return out
-
-    def finish(self, has_calls: bool) -> list[tuple[str, Any]]:
-        """End of the message: settle an open block and whatever was held."""
-        out: list[tuple[str, Any]] = []
-        if self.block is not None:
-            block, self.block = "".join(self.block), None
-            self._block(out, block, closed=False)
-        if self.hold:
-            hold, self.hold = self.hold, ""
-            self._text(out, hold)
-        if self.lead_ws and not has_calls and not any(kind == "call" for kind, _ in out):
-            out.append(("text", self.lead_ws))
-        self.lead_ws = ""
-        return out
-
-    def _text(self, out: list[tuple[str, Any]], t: str) -> None:
-        if not t:
-            return
-        if not self.started:
-            if not t.strip():
-                self.lead_ws += t
-                return
-            t, self.lead_ws, self.started = self.lead_ws + t, "", True
-        out.append(("text", t))
-
-    def _block(self, out: list[tuple[str, Any]], inner: str, closed: bool) -> None:
-        call = parse_text_call(inner)
-        if call is not None:
-            out.append(("call", call))
-        else:  # not a call after all: the text goes out as written
-            self._text(out, OPEN_TAG + inner + (CLOSE_TAG if closed else ""))
+__all__ = ["StreamRepair", "parse_text_call", "repair_arguments", "repair_completion", "repair_request"]
 
 
 # --- non-streaming ---------------------------------------------------------------------------
 
 
 def _extract_text_calls(content: str, has_calls: bool) -> tuple[str | None, list[tuple[str, str, bool]]]:
-    split = _TextCalls()
+    split = TextCalls()
     items = split.feed(content)
     items += split.finish(has_calls=has_calls or any(kind == "call" for kind, _ in items))
     calls = [v for kind, v in items if kind == "call"]
@@ -383,10 +49,10 @@ def repair_completion(body: dict, tools_offered: bool) -> list[str]:
         msg = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(msg, dict):
             continue
-        _fix_tool_calls(msg.get("tool_calls"), repaired)
+        fix_tool_calls(msg.get("tool_calls"), repaired)
         fc = msg.get("function_call")  # the legacy single-call field
         if isinstance(fc, dict):
-            _fix_tool_calls([{"function": fc}], repaired)
+            fix_tool_calls([{"function": fc}], repaired)
         content = msg.get("content")
         if tools_offered and isinstance(content, str) and OPEN_TAG in content:
             text, calls = _extract_text_calls(content, bool(msg.get("tool_calls")))
@@ -396,7 +62,7 @@ def repair_completion(body: dict, tools_offered: bool) -> list[str]:
                     tool_calls = msg["tool_calls"] = []
                 for name, args, _ in calls:
                     tool_calls.append(
-                        {"id": _new_call_id(), "type": "function", "function": {"name": name, "arguments": args}}
+                        {"id": new_call_id(), "type": "function", "function": {"name": name, "arguments": args}}
                     )
                     repaired.append(name)
                 msg["content"] = text
@@ -425,7 +91,7 @@ class _Call:
 
 @dataclass(slots=True)
 class _Choice:
-    text: _TextCalls = field(default_factory=_TextCalls)
+    text: TextCalls = field(default_factory=TextCalls)
     calls: list[_Call] = field(default_factory=list)  # in order of first appearance
     by_upstream: dict[int, _Call] = field(default_factory=dict)
     extracted: int = 0
@@ -437,7 +103,7 @@ class _Choice:
 
 def _is_object(s: str) -> bool:
     try:
-        return isinstance(_decoder.decode(s), dict)
+        return isinstance(DECODER.decode(s), dict)
     except ValueError:
         return False
 
@@ -608,7 +274,7 @@ class StreamRepair:
                 continue
             name, args, _ = value
             call = _Call(out=len(st.calls), name=name, parts=[args], extracted=True)
-            call.header = {"index": call.out, "id": _new_call_id(), "type": "function", "function": {"name": name}}
+            call.header = {"index": call.out, "id": new_call_id(), "type": "function", "function": {"name": name}}
             st.calls.append(call)
             st.extracted += 1
             self.repaired.append(name)
