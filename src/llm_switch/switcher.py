@@ -257,7 +257,8 @@ class Switcher:
         deadline = t0 + model.health_timeout
         first = True
         while True:
-            status = await self._health(model, min(2.0, max(0.05, deadline - time.monotonic())))
+            probe_at = time.monotonic()
+            status = await self._health(model, min(2.0, max(0.05, deadline - probe_at)))
             if status == 200:
                 await self._check_identity(model)
                 return
@@ -272,7 +273,8 @@ class Switcher:
                 state = (await self.systemd.active_states([model.unit])).get(model.unit)
                 if state is None or not state.running:
                     raise StartFailed(await self._why_failed(model, "exited while loading"))
-            await asyncio.sleep(_probe_interval(now - t0))
+            # probes at a steady rate: the time a probe and a D-Bus question took is not added
+            await asyncio.sleep(max(0.0, probe_at + _probe_interval(now - t0) - time.monotonic()))
 
     async def _health(self, model: Model, timeout: float) -> int | None:
         """The status of the model's /health, or None when nothing answered."""
