@@ -52,6 +52,7 @@ sys.path.insert(0, str(BENCH))
 
 import harness  # noqa: E402
 from llm_switch.systemd import Systemd  # noqa: E402
+from loadgen import pct  # noqa: E402
 from profiling import Profiler  # noqa: E402
 from report import table, targets  # noqa: E402
 
@@ -103,14 +104,6 @@ class Plan:
 
 
 # -- small helpers ------------------------------------------------------------------------------
-
-def pct(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
-    return s[k]
-
 
 def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
