@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
+from . import __doc__ as __package_doc__
 from . import config as config_mod
 from . import journal
 from .app import SWITCHER, build_app, status_line
@@ -22,7 +23,7 @@ log = logging.getLogger("llm_switch")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llm-switch", description=__doc__)
+    parser = argparse.ArgumentParser(prog="llm-switch", description=__package_doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve_p = sub.add_parser("serve", help="run the switch")
     serve_p.add_argument("--config", help="config file (default: $LLM_SWITCH_CONFIG, "
