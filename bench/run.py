@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(BENCH))
 
 import harness  # noqa: E402
-from llm_switch.systemd import Systemd  # noqa: E402
+from llm_switch.units.systemd import Systemd  # noqa: E402
 from loadgen import pct  # noqa: E402
 from profiling import Profiler  # noqa: E402
 from report import table, targets  # noqa: E402

@@ -36,7 +36,7 @@ def test_short_and_long_forms():
     assert (thinker.url, thinker.aliases, thinker.health_timeout, thinker.repair_tool_calls) == (
         "http://127.0.0.1:5001", ("think", "t"), 12.5, False)
     assert tiny.cmd == ("/usr/bin/llama-server", "-m", "/models/my tiny.gguf", "--port", "5000")
-    assert tiny.unit == "llm-switch-tiny.service" and tiny.transient
+    assert tiny.unit == "llm-switch-tiny.service"
     assert c.resolve("t") is thinker and c.resolve("thinker") is thinker and c.resolve("nope") is None
 
 
@@ -95,11 +95,63 @@ def test_seed_format_loads_with_a_warning_for_trace_log():
     ("server: {port: x}\nmodels: {a: a.service}", "server.port: must be an integer"),
     ("server: {hots: x}\nmodels: {a: a.service}", "server.hots: unknown key"),
     ("server: {port: 1}\nlisten: 'h:1'\nmodels: {a: a.service}", "server: cannot be combined with listen"),
+    ("memory_budget: lots\nmodels: {a: a.service}", "memory_budget: must be a size such as 7.5G"),
+    ("memory_budget: -1\nmodels: {a: a.service}", "memory_budget: must be a size"),
+    ("models: {a: {unit: a.service, memory: 1X}}", "models.a.memory: must be a size"),
+    ("memory_budget: 4G\nmodels: {a: {unit: a.service, memory: 5G}}",
+     "models.a.memory: 5G is larger than memory_budget 4G"),
+    ("min_loaded: soon\nmodels: {a: a.service}", "min_loaded: must be a duration such as 30, 30s, 10m or 2h"),
+    ("models: {a: {unit: a.service, min_loaded: 0}}", "models.a.min_loaded: must be a duration"),
+    ("models: {a: {unit: a.service, idle_unload: 5d}}", "models.a.idle_unload: must be a duration"),
+    ("max_wait: -3\nmodels: {a: a.service}", "max_wait: must be a duration"),
+    ("max_queue: 0\nmodels: {a: a.service}", "max_queue: must be a positive integer"),
+    ("preload: [b]\nmodels: {a: a.service}", "preload[0]: unknown model 'b' (known: a)"),
+    ("preload: {a: 1}\nmodels: {a: a.service}", "preload: must be a list of model names"),
 ])
 def test_errors_name_the_key(text, message):
     with pytest.raises(ConfigError) as e:
         parse(text)
     assert message in e.value.message
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("7.5G", int(7.5 * (1 << 30))), ("512M", 512 << 20), ("1200K", 1200 << 10), ("2T", 2 << 40),
+    ("6.8GiB", int(6.8 * (1 << 30))), ("1g", 1 << 30), (123456, 123456), ("4096", 4096),
+])
+def test_sizes(value, expected):
+    c = cfg(f"memory_budget: {value!r}\nmodels: {{a: a.service}}" if isinstance(value, str)
+            else f"memory_budget: {value}\nmodels: {{a: a.service}}")
+    assert c.memory_budget == expected
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("30", 30.0), ("30s", 30.0), ("10m", 600.0), ("2h", 7200.0), ("500ms", 0.5), ("1.5", 1.5), ("off", None),
+    ("false", None), ("0", None),
+])
+def test_idle_unload_durations(value, expected):
+    assert cfg(f"idle_unload: {value}\nmodels: {{a: a.service}}").models["a"].idle_unload == expected
+
+
+def test_scheduling_defaults_and_overrides():
+    c = cfg("models: {a: a.service}")
+    a = c.models["a"]
+    assert (c.memory_budget, c.max_wait, c.max_queue, c.preload) == (None, 600.0, 256, ())
+    assert (a.memory, a.min_loaded, a.idle_unload) == (None, None, None)
+    c = cfg("""
+        memory_budget: 7.5G
+        min_loaded: 20s
+        idle_unload: 30m
+        max_wait: 10m
+        max_queue: 8
+        preload: [coder, embed]
+        models:
+          qwen: {unit: q.service, memory: 6.8G, aliases: [coder], idle_unload: off}
+          embed: {unit: e.service, url: 'http://127.0.0.1:3005', memory: 1.2G, min_loaded: 1m}
+    """)
+    qwen, embed = c.models["qwen"], c.models["embed"]
+    assert (c.max_wait, c.max_queue, c.preload) == (600.0, 8, ("qwen", "embed"))
+    assert (qwen.memory, qwen.min_loaded, qwen.idle_unload) == (int(6.8 * (1 << 30)), 20.0, None)
+    assert (embed.memory, embed.min_loaded, embed.idle_unload) == (int(1.2 * (1 << 30)), 60.0, 1800.0)
 
 
 def test_ipv6_listen():

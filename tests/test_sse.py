@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llm_switch.sse import Event, SSEParser, format_event
+from llm_switch.repair.sse import Event, SSEParser, format_event
 
 
 def parse_all(chunks: list[bytes]) -> list[Event]:

@@ -1,14 +1,18 @@
 """The switch's own errors, each knowing how it reaches a client.
 
     SwitchError                  base; .status / .type / .code shape the OpenAI error body
-    ├── ConfigError              config.yaml is invalid (never reaches a client)
+    ├── ConfigError              config.yaml is invalid (reported at start or reload, never to a client)
     ├── BadRequest               400: body is not JSON, or `model` missing / not a string
     ├── UnknownModel             404: no such model or alias (message lists the known ones)
     ├── RequestTooLarge          413: body over max_body_bytes
     ├── UnitNotFound             502: systemd knows no such unit
     ├── StartFailed              502: the unit failed or exited while starting
+    │   └── JobFailed            502: a start or stop job ended with a result other than `done`
     ├── BackendUnreachable       502: the backend did not answer, or answered as another model
+    │   └── BackendGone          502: the connection was refused: nothing was sent, a retry is safe
     ├── SystemdUnavailable       502: the user manager cannot be reached over D-Bus
+    ├── QueueFull                503: more requests wait than max_queue allows
+    ├── QueueTimeout             503: the request waited longer than max_wait for its model
     └── HealthTimeout            504: the model did not turn healthy within health_timeout
 """
 
@@ -19,6 +23,7 @@ class SwitchError(Exception):
     status = 500
     type = "server_error"
     code = "internal_error"
+    retry_after: float | None = None  # seconds, sent as Retry-After
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -43,6 +48,10 @@ class BadRequest(SwitchError):
 class UnknownModel(SwitchError):
     status, type, code = 404, "invalid_request_error", "model_not_found"
 
+    @classmethod
+    def named(cls, name: str, known: str) -> UnknownModel:
+        return cls(f"unknown model {name!r}; this switch serves: {known}")
+
 
 class RequestTooLarge(SwitchError):
     status, type, code = 413, "invalid_request_error", "request_too_large"
@@ -56,12 +65,40 @@ class StartFailed(SwitchError):
     status, type, code = 502, "backend_error", "start_failed"
 
 
+class JobFailed(StartFailed):
+    """A start or stop job ended with a result other than `done`."""
+
+    def __init__(self, unit: str, verb: str, result: str) -> None:
+        super().__init__(f"{unit}: {verb} job ended with result '{result}'")
+        self.unit, self.result = unit, result
+
+
 class BackendUnreachable(SwitchError):
     status, type, code = 502, "backend_error", "backend_unreachable"
 
 
+class BackendGone(BackendUnreachable):
+    """The backend refused the connection: nothing was sent, so the request may be retried."""
+
+
 class SystemdUnavailable(SwitchError):
     status, type, code = 502, "backend_error", "systemd_unavailable"
+
+
+class QueueFull(SwitchError):
+    status, type, code = 503, "server_error", "queue_full"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QueueTimeout(SwitchError):
+    status, type, code = 503, "server_error", "queue_timeout"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class HealthTimeout(SwitchError):

@@ -1,64 +1,26 @@
-"""config.yaml: typed, frozen, validated once. Every error names its YAML key path."""
+"""Reading config.yaml: `load(path)` reads, `parse(text)` checks; the seed project's format too."""
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shlex
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
-from .errors import ConfigError
-
-log = logging.getLogger(__name__)
-
-DEFAULT_LISTEN = "127.0.0.1:3002"
-DEFAULT_BACKEND = "http://127.0.0.1:3004"
-DEFAULT_HEALTH_TIMEOUT = 300.0
-DEFAULT_MAX_BODY = 64 * 1024 * 1024
+from ..errors import ConfigError
+from . import values as v
+from .types import (DEFAULT_BACKEND, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DEFAULT_MAX_QUEUE,
+                    DEFAULT_MAX_WAIT, Config, Model)
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]*$")
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.service$")
-
-
-@dataclass(frozen=True)
-class Model:
-    name: str
-    unit: str  # the systemd unit: configured, or llm-switch-<name>.service for cmd models
-    url: str
-    aliases: tuple[str, ...] = ()
-    cmd: tuple[str, ...] | None = None  # argv of a transient unit
-    health_timeout: float = DEFAULT_HEALTH_TIMEOUT
-    repair_tool_calls: bool = True
-
-    @property
-    def transient(self) -> bool:
-        return self.cmd is not None
-
-
-@dataclass(frozen=True)
-class Config:
-    listen_host: str
-    listen_port: int
-    models: dict[str, Model]
-    max_body_bytes: int = DEFAULT_MAX_BODY
-    path: str | None = None
-    warnings: tuple[str, ...] = ()
-    names: dict[str, str] = field(default_factory=dict)  # name or alias → model name
-
-    @property
-    def listen(self) -> str:
-        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
-        return f"{host}:{self.listen_port}"
-
-    def resolve(self, name: str) -> Model | None:
-        model_name = self.names.get(name)
-        return self.models[model_name] if model_name else None
+_TOP_KEYS = {"listen", "backend", "health_timeout", "max_body_bytes", "models", "memory_budget", "min_loaded",
+             "idle_unload", "max_wait", "max_queue", "preload"}
+_MODEL_KEYS = {"unit", "cmd", "url", "aliases", "health_timeout", "repair_tool_calls", "memory", "min_loaded",
+               "idle_unload"}
 
 
 def find_path(explicit: str | None) -> Path:
@@ -87,21 +49,25 @@ def parse(text: str, path: str | None = None) -> Config:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to be a config") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: top level must be a mapping, got {_kind(raw)}")
+        raise ConfigError(f"{where}: top level must be a mapping, got {v.kind(raw)}")
     warnings: list[str] = []
     if "server" in raw:
         raw = _from_seed_format(raw, warnings)
-    _reject_unknown(raw, "", {"listen", "backend", "health_timeout", "max_body_bytes", "models"})
+    v.reject_unknown(raw, "", _TOP_KEYS)
 
-    host, port = parse_listen(raw.get("listen", DEFAULT_LISTEN), "listen")
-    backend = _url(raw.get("backend", DEFAULT_BACKEND), "backend")
-    health_timeout = _positive(raw.get("health_timeout", DEFAULT_HEALTH_TIMEOUT), "health_timeout")
-    max_body = raw.get("max_body_bytes", DEFAULT_MAX_BODY)
-    if not isinstance(max_body, int) or isinstance(max_body, bool) or max_body <= 0:
-        raise ConfigError(f"max_body_bytes: must be a positive integer (got {max_body!r})")
+    host, port = v.listen(raw.get("listen", DEFAULT_LISTEN), "listen")
+    defaults = {
+        "url": v.url(raw.get("backend", DEFAULT_BACKEND), "backend"),
+        "health_timeout": v.positive_seconds(raw.get("health_timeout", DEFAULT_HEALTH_TIMEOUT), "health_timeout"),
+        "min_loaded": v.duration(raw["min_loaded"], "min_loaded") if "min_loaded" in raw else None,
+        "idle_unload": v.optional_duration(raw.get("idle_unload", "off"), "idle_unload"),
+    }
+    budget = v.size(raw["memory_budget"], "memory_budget") if raw.get("memory_budget") is not None else None
 
     models_raw = raw.get("models")
     if not isinstance(models_raw, dict) or not models_raw:
@@ -110,16 +76,41 @@ def parse(text: str, path: str | None = None) -> Config:
     names: dict[str, str] = {}
     units: dict[str, str] = {}
     for name, spec in models_raw.items():
-        model = _model(str(name), spec, backend, health_timeout)
+        model = _model(str(name), spec, defaults)
         for key in (model.name, *model.aliases):
             if key in names:
                 raise ConfigError(f"models.{model.name}: name or alias {key!r} is already used by model {names[key]!r}")
             names[key] = model.name
         if model.unit in units:
             raise ConfigError(f"models.{model.name}.unit: {model.unit} is already used by model {units[model.unit]!r}")
+        if budget is not None and model.memory is not None and model.memory > budget:
+            raise ConfigError(f"models.{model.name}.memory: {v.format_size(model.memory)} is larger than "
+                              f"memory_budget {v.format_size(budget)}; it could never be loaded")
         units[model.unit] = model.name
         models[model.name] = model
-    return Config(host, port, models, max_body, path, tuple(warnings), names)
+
+    return Config(
+        host, port, models,
+        max_body_bytes=v.positive_int(raw.get("max_body_bytes", DEFAULT_MAX_BODY), "max_body_bytes"),
+        path=path, warnings=tuple(warnings), names=names, memory_budget=budget,
+        max_wait=v.duration(raw.get("max_wait", DEFAULT_MAX_WAIT), "max_wait"),
+        max_queue=v.positive_int(raw.get("max_queue", DEFAULT_MAX_QUEUE), "max_queue"),
+        preload=_preload(raw.get("preload", []), names),
+    )
+
+
+def _preload(value: Any, names: dict[str, str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+        raise ConfigError("preload: must be a list of model names")
+    out: list[str] = []
+    for i, n in enumerate(value):
+        if n not in names:
+            raise ConfigError(f"preload[{i}]: unknown model {n!r} (known: {', '.join(sorted(set(names.values())))})")
+        if names[n] not in out:
+            out.append(names[n])
+    return tuple(out)
 
 
 def _from_seed_format(raw: dict, warnings: list[str]) -> dict:
@@ -129,11 +120,11 @@ def _from_seed_format(raw: dict, warnings: list[str]) -> dict:
         raise ConfigError(f"server: cannot be combined with {', '.join(sorted(clash))} (use one form)")
     server = raw["server"] or {}
     if not isinstance(server, dict):
-        raise ConfigError(f"server: must be a mapping (got {_kind(server)})")
-    _reject_unknown(server, "server.", {"host", "port", "llama_url", "trace_log"})
+        raise ConfigError(f"server: must be a mapping (got {v.kind(server)})")
+    v.reject_unknown(server, "server.", {"host", "port", "llama_url", "trace_log"})
     if "trace_log" in server:
         warnings.append("server.trace_log: ignored (requests are logged to the journal instead)")
-    out = {k: v for k, v in raw.items() if k != "server"}
+    out = {k: val for k, val in raw.items() if k != "server"}
     host = server.get("host", "127.0.0.1")
     port = server.get("port", 3002)
     if not isinstance(port, int) or isinstance(port, bool):
@@ -145,15 +136,15 @@ def _from_seed_format(raw: dict, warnings: list[str]) -> dict:
     return out
 
 
-def _model(name: str, spec: Any, backend: str, health_timeout: float) -> Model:
+def _model(name: str, spec: Any, defaults: dict[str, Any]) -> Model:
     key = f"models.{name}"
     if not _MODEL_NAME.match(name):
         raise ConfigError(f"{key}: model name must start with a letter or digit and hold no spaces")
     if isinstance(spec, str):
         spec = {"unit": spec}
     if not isinstance(spec, dict):
-        raise ConfigError(f"{key}: must be a unit name or a mapping (got {_kind(spec)})")
-    _reject_unknown(spec, key + ".", {"unit", "cmd", "url", "aliases", "health_timeout", "repair_tool_calls"})
+        raise ConfigError(f"{key}: must be a unit name or a mapping (got {v.kind(spec)})")
+    v.reject_unknown(spec, key + ".", _MODEL_KEYS)
     if ("unit" in spec) == ("cmd" in spec):
         raise ConfigError(f"{key}: needs exactly one of unit or cmd")
     cmd = None
@@ -169,17 +160,20 @@ def _model(name: str, spec: Any, backend: str, health_timeout: float) -> Model:
         aliases = [aliases]
     if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
         raise ConfigError(f"{key}.aliases: must be a list of names")
-    repair = spec.get("repair_tool_calls", True)
-    if not isinstance(repair, bool):
-        raise ConfigError(f"{key}.repair_tool_calls: must be true or false (got {repair!r})")
     return Model(
         name=name,
         unit=unit,
-        url=_url(spec.get("url", backend), f"{key}.url"),
+        url=v.url(spec["url"], f"{key}.url") if "url" in spec else defaults["url"],
         aliases=tuple(aliases),
         cmd=cmd,
-        health_timeout=_positive(spec.get("health_timeout", health_timeout), f"{key}.health_timeout"),
-        repair_tool_calls=repair,
+        health_timeout=(v.positive_seconds(spec["health_timeout"], f"{key}.health_timeout")
+                        if "health_timeout" in spec else defaults["health_timeout"]),
+        repair_tool_calls=v.boolean(spec.get("repair_tool_calls", True), f"{key}.repair_tool_calls"),
+        memory=v.size(spec["memory"], f"{key}.memory") if spec.get("memory") is not None else None,
+        min_loaded=v.duration(spec["min_loaded"], f"{key}.min_loaded") if "min_loaded" in spec
+        else defaults["min_loaded"],
+        idle_unload=v.optional_duration(spec["idle_unload"], f"{key}.idle_unload") if "idle_unload" in spec
+        else defaults["idle_unload"],
     )
 
 
@@ -208,40 +202,3 @@ def _unit_escape(name: str) -> str:
         c if c.isascii() and (c.isalnum() or c in ":-_.") else "".join(f"\\x{b:02x}" for b in c.encode())
         for c in name
     )
-
-
-def parse_listen(value: Any, key: str) -> tuple[str, int]:
-    m = re.match(r"^(?:\[([0-9a-fA-F:]+)\]|([^:\[\]]+)):(\d+)$", str(value))
-    port = int(m.group(3)) if m else -1
-    if not m or not 0 < port < 65536:
-        raise ConfigError(f"{key}: must be HOST:PORT, e.g. 127.0.0.1:3002 (got {value!r})")
-    return m.group(1) or m.group(2), port
-
-
-def _url(value: Any, key: str) -> str:
-    try:
-        parts = urlsplit(value) if isinstance(value, str) else None
-        ok = bool(parts and parts.scheme in ("http", "https") and parts.hostname)
-        ok = ok and parts.path in ("", "/") and not parts.query and not parts.fragment
-        ok = ok and (parts.port is None or parts.port > 0)  # .port raises ValueError when not a number
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ConfigError(f"{key}: must be an http(s) URL with no path, e.g. http://127.0.0.1:3004 (got {value!r})")
-    return value.rstrip("/")
-
-
-def _positive(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"{key}: must be a positive number of seconds (got {value!r})")
-    return float(value)
-
-
-def _reject_unknown(mapping: dict, prefix: str, known: set[str]) -> None:
-    for k in mapping:
-        if k not in known:
-            raise ConfigError(f"{prefix}{k}: unknown key (known: {', '.join(sorted(known))})")
-
-
-def _kind(value: Any) -> str:
-    return {list: "a list", str: "a string", int: "a number", float: "a number"}.get(type(value), type(value).__name__)

@@ -14,9 +14,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from . import config as config_mod
-from .config import DEFAULT_LISTEN, Config
-from .errors import ConfigError, SwitchError
+from .. import config as config_mod
+from ..config import DEFAULT_LISTEN, Config
+from ..errors import ConfigError, SwitchError
 
 SERVICE = "llm-switch.service"
 NOT_ANSWERING = 3
@@ -136,7 +136,7 @@ def _from_systemd(config: Config | None) -> str:
 
 
 async def _ask_systemd(config: Config | None) -> str:
-    from .systemd import ActiveState, Systemd
+    from ..units.systemd import ActiveState, Systemd
 
     systemd = Systemd(job_timeout=10)
     try:

@@ -10,9 +10,9 @@ from typing import NamedTuple
 import aiohttp
 from aiohttp import web
 
-from . import repair
-from .config import Model
-from .errors import BackendUnreachable
+from .. import repair
+from ..config import Model
+from ..errors import BackendGone, BackendUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -26,37 +26,6 @@ _NOT_UPSTREAM = HOP_BY_HOP | {"accept-encoding"}
 
 # generation can take minutes; only connecting is bounded
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
-
-
-class BackendGone(BackendUnreachable):
-    """The backend refused the connection: nothing was sent, so the request may be retried."""
-
-
-class Backends:
-    """One HTTP client session per backend URL.
-
-    Before a model is stopped its idle keep-alive connections are closed: llama-server's shutdown
-    waits for them (it looks at idle sockets only every few milliseconds)."""
-
-    def __init__(self) -> None:
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
-
-    def session(self, url: str) -> aiohttp.ClientSession:
-        session = self._sessions.get(url)
-        if session is None or session.closed:
-            # limit=0: streaming clients each hold a connection; llama-server queues beyond its slots
-            session = self._sessions[url] = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
-                skip_auto_headers=("Accept-Encoding", "User-Agent"))
-        return session
-
-    async def close(self, url: str) -> None:
-        if (session := self._sessions.pop(url, None)) is not None:
-            await session.close()
-
-    async def close_all(self) -> None:
-        for url in list(self._sessions):
-            await self.close(url)
 
 
 class Rewrite(NamedTuple):

@@ -1,10 +1,9 @@
-"""Logging fit for journald, and sd_notify."""
+"""Logging fit for journald: `<N>` priority prefixes when stderr is the journal stream."""
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 
 # syslog priorities journald reads from a `<N>` prefix on each stdout/stderr line
@@ -50,19 +49,3 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
     # aiohttp's access log would print every request; the switch logs what matters itself
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-
-
-def notify(*fields: str) -> bool:
-    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET. False when not under systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address[0] == "@":  # abstract namespace
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(address)
-            sock.sendall("\n".join(fields).encode())
-    except OSError:
-        return False
-    return True

@@ -16,7 +16,7 @@ from typing import Any
 
 import json_repair
 
-logger = logging.getLogger("llm_switch.repair")
+log = logging.getLogger(__name__)
 
 
 def _reject_constant(name: str) -> Any:
@@ -48,7 +48,7 @@ def repair_arguments(value: Any, name: str = "?") -> tuple[str, bool]:
             return dumps(value), True
         except ValueError:
             pass
-    logger.warning("tool %s: arguments unusable (%s), replaced with {}", name, type(value).__name__)
+    log.warning("tool %s: arguments unusable (%s), replaced with {}", name, type(value).__name__)
     return "{}", True
 
 
@@ -142,10 +142,10 @@ def _repair_str(s: str, name: str, depth: int) -> str:
                 return dumps(found)
             except ValueError:
                 pass
-        logger.warning("tool %s: arguments not repairable (%d chars), replaced with {}", name, len(s))
-        logger.debug("tool %s: unrepairable arguments: %r", name, s)
+        log.warning("tool %s: arguments not repairable (%d chars), replaced with {}", name, len(s))
+        log.debug("tool %s: unrepairable arguments: %r", name, s)
     else:
-        logger.warning("tool %s: empty arguments, replaced with {}", name)
+        log.warning("tool %s: empty arguments, replaced with {}", name)
     return "{}"
 
 

@@ -1,30 +1,17 @@
-"""Tool-call repair: broken JSON arguments, calls written as text, streams kept streaming.
-
-Pure code, no I/O. Three entry points for the proxy:
-
-- `repair_request(body)`: assistant history in a request, before it reaches llama-server
-  (which answers 500 on malformed arguments).
-- `repair_completion(body, tools_offered)`: a non-streaming chat completion.
-- `StreamRepair(tools_offered)`: a chat-completions SSE stream, fed bytes in any split.
-
-Rules shared by all three: arguments that parse as a JSON object stay byte-identical; anything
-else is repaired with json-repair (non-ASCII kept as is) into a JSON object string, or becomes
-"{}" with a warning naming the tool. Message text is never rewritten, except that a Qwen/Hermes
-`<tool_call>…</tool_call>` block in the content of a response whose request offered tools is
-lifted out into a structured tool call.
-"""
+"""Repair of whole chat completions and of their SSE streams (the package docstring has the rules)."""
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from .arguments import DECODER, fix_tool_calls, logger, repair_arguments, repair_request
+from .arguments import DECODER, fix_tool_calls, repair_arguments
 from .sse import Event, SSEParser, format_event
-from .text_calls import OPEN_TAG, TextCalls, new_call_id, parse_text_call
+from .text_calls import OPEN_TAG, TextCalls, new_call_id
 
-__all__ = ["StreamRepair", "parse_text_call", "repair_arguments", "repair_completion", "repair_request"]
+log = logging.getLogger(__name__)
 
 
 # --- non-streaming ---------------------------------------------------------------------------
@@ -332,7 +319,7 @@ class StreamRepair:
                 entries.append({"index": call.out, "function": {"arguments": fixed[len(call.emitted) :]}})
                 call.emitted = fixed
             elif fixed != call.emitted:
-                logger.warning("tool %s: arguments arrived after the call was complete; dropped", call.name)
+                log.warning("tool %s: arguments arrived after the call was complete; dropped", call.name)
 
     def _advance(self, st: _Choice, entries: list[dict], upto: int, final: bool = False) -> None:
         """Send, in order, calls among the first `upto` that are complete."""

@@ -14,7 +14,7 @@ from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import DBusError
 
-from .errors import StartFailed, SwitchError, SystemdUnavailable, UnitNotFound
+from ..errors import JobFailed, StartFailed, SwitchError, SystemdUnavailable, UnitNotFound
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ _MANAGER = "org.freedesktop.systemd1.Manager"
 _UNIT = "org.freedesktop.systemd1.Unit"
 _SERVICE = "org.freedesktop.systemd1.Service"
 _PROPS = "org.freedesktop.DBus.Properties"
+_UINT64_MAX = (1 << 64) - 1  # systemd's "not known"
 _JOB_REMOVED = f"type='signal',sender='{_DEST}',interface='{_MANAGER}',member='JobRemoved',path='{_PATH}'"
 
 
@@ -38,14 +39,6 @@ class ActiveState(StrEnum):
     @property
     def running(self) -> bool:
         return self in (ActiveState.ACTIVE, ActiveState.RELOADING, ActiveState.ACTIVATING)
-
-
-class JobFailed(SwitchError):
-    """A start or stop job ended with a result other than `done`."""
-
-    def __init__(self, unit: str, verb: str, result: str) -> None:
-        super().__init__(f"{unit}: {verb} job ended with result '{result}'")
-        self.unit, self.result = unit, result
 
 
 class Systemd:
@@ -182,10 +175,6 @@ class Systemd:
         except DBusError:
             pass  # not loaded or not failed: nothing to reset
 
-    async def reload(self) -> None:
-        """daemon-reload."""
-        await self._call("Reload")
-
     # -- state --------------------------------------------------------------------------------
 
     async def active_states(self, units: list[str]) -> dict[str, ActiveState]:
@@ -217,6 +206,16 @@ class Systemd:
         how = {1: f"status {status}", 2: f"signal {status}", 3: f"signal {status}, core dumped"}.get(code, "")
         return f"{state}, result '{result}'" + (f", {how}" if how else "")
 
+    async def memory(self, unit: str) -> tuple[int | None, int | None]:
+        """(MemoryCurrent in bytes, MainPID) of a running unit; None where systemd does not know."""
+        try:
+            (path,) = await self._call("GetUnit", "s", [unit])
+            current, pid = await asyncio.gather(self._property(path, _SERVICE, "MemoryCurrent"),
+                                                self._property(path, _SERVICE, "MainPID"))
+        except DBusError:
+            return None, None
+        return (None if current >= _UINT64_MAX else current), (pid or None)
+
     async def _property(self, path: str, iface: str, name: str):
         (value,) = await self._call("Get", "ss", [iface, name], path=path, iface=_PROPS)
         return value.value
@@ -227,25 +226,3 @@ def _translate(unit: str, e: DBusError) -> SwitchError:
         return UnitNotFound(f"systemd has no unit {unit} ({e.text}); check the unit name in config.yaml "
                             "and run `systemctl --user daemon-reload` after adding unit files")
     return StartFailed(f"{unit}: systemd refused: {e.text} ({e.type})")
-
-
-async def journal_tail(unit: str, lines: int = 10, timeout: float = 2.0) -> list[str]:
-    """The unit's last journal lines, or none when there is no journal to read."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            # --user-unit, not --user -u: it also finds user units' lines kept in the system journal
-            # (a volatile journal, or root's own manager)
-            "journalctl", "--user-unit", unit, "-n", str(lines), "-o", "cat", "--no-pager", "-q",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-        )
-    except OSError:
-        return []
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return []
-    if proc.returncode != 0:
-        return []
-    return [line for line in out.decode(errors="replace").splitlines() if line.strip()][-lines:]

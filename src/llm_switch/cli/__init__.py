@@ -1,0 +1,63 @@
+"""`llm-switch serve | check | status`: parse arguments, load the config, set up logging, run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from dataclasses import replace
+
+from .. import __doc__ as __package_doc__
+from .. import config as config_mod
+from ..config import Config
+from ..errors import ConfigError, SwitchError
+from ..observe.logging import setup_logging
+
+log = logging.getLogger("llm_switch")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llm-switch", description=__package_doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_p = sub.add_parser("serve", help="run the switch")
+    serve_p.add_argument("--config", help="config file (default: $LLM_SWITCH_CONFIG, "
+                                          "~/.config/llm-switch/config.yaml, ./config.yaml)")
+    serve_p.add_argument("--listen", help="HOST:PORT to listen on (overrides the config)")
+    serve_p.add_argument("--debug", action="store_true", help="log debug lines too")
+    check_p = sub.add_parser("check", help="validate the config and ask systemd about every unit")
+    check_p.add_argument("--config")
+    status_p = sub.add_parser("status", help="what is running, starting or failed, and the last switches")
+    status_p.add_argument("--config")
+    status_p.add_argument("--url", help="the switch's base URL (default: from the config's listen)")
+    args = parser.parse_args(argv)
+
+    setup_logging(logging.DEBUG if getattr(args, "debug", False) else logging.INFO)
+    if args.command == "status":
+        from . import status
+        return status.run(args)
+    try:
+        config = load_config(args.config, getattr(args, "listen", None))
+    except ConfigError as e:
+        log.error("%s", e.message)
+        return 2
+    if args.command == "check":
+        from .check import check
+        return asyncio.run(check(config))
+    from .serve import Server
+    try:
+        asyncio.run(Server(config, args.config).run())
+    except SwitchError as e:
+        log.error("%s", e.message)
+        return 1
+    return 0
+
+
+def load_config(explicit: str | None, listen: str | None = None) -> Config:
+    path = config_mod.find_path(explicit)
+    config = config_mod.load(path)
+    for warning in config.warnings:
+        log.warning("%s: %s", path, warning)
+    if listen:
+        host, port = config_mod.parse_listen(listen, "--listen")
+        config = replace(config, listen_host=host, listen_port=port)
+    return config

@@ -1,0 +1,55 @@
+"""The config as the rest of the switch sees it: frozen, checked once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_LISTEN = "127.0.0.1:3002"
+DEFAULT_BACKEND = "http://127.0.0.1:3004"
+DEFAULT_HEALTH_TIMEOUT = 300.0
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+DEFAULT_MAX_WAIT = 600.0
+DEFAULT_MAX_QUEUE = 256
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    unit: str  # the systemd unit: configured, or llm-switch-<name>.service for cmd models
+    url: str
+    aliases: tuple[str, ...] = ()
+    cmd: tuple[str, ...] | None = None  # argv of a transient unit
+    health_timeout: float = DEFAULT_HEALTH_TIMEOUT
+    repair_tool_calls: bool = True
+    memory: int | None = None  # declared bytes; None: exclusive (runs alone)
+    min_loaded: float | None = None  # None: 3x the last load time, at least 5 s
+    idle_unload: float | None = None  # None: never unloaded for idleness
+
+
+@dataclass(frozen=True)
+class Config:
+    listen_host: str
+    listen_port: int
+    models: dict[str, Model]
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    path: str | None = None
+    warnings: tuple[str, ...] = ()
+    names: dict[str, str] = field(default_factory=dict)  # name or alias → model name
+    memory_budget: int | None = None  # None: every model exclusive
+    max_wait: float = DEFAULT_MAX_WAIT
+    max_queue: int = DEFAULT_MAX_QUEUE
+    preload: tuple[str, ...] = ()
+
+    @property
+    def listen(self) -> str:
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"{host}:{self.listen_port}"
+
+    def resolve(self, name: str) -> Model | None:
+        model_name = self.names.get(name)
+        return self.models[model_name] if model_name else None
+
+    def known(self) -> str:
+        """The served names, for messages about an unknown one."""
+        return ", ".join(name + (f" (aliases: {', '.join(m.aliases)})" if m.aliases else "")
+                         for name, m in self.models.items())

@@ -1,0 +1,1 @@
+"""The HTTP side: routes, the one error shape, the relay."""

@@ -1,0 +1,50 @@
+"""The one error shape on the wire: every error the switch itself answers is OpenAI's
+`{"error": {"message", "type", "code"}}`, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from ..errors import RequestTooLarge, SwitchError
+from .keys import CONFIG
+
+log = logging.getLogger(__name__)
+
+ROUTES_HINT = "the switch serves /v1/* for models, /v1/models, /health, /running, /status, /load, /unload"
+
+
+def error_response(status: int, message: str, type_: str, code: str,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": type_, "code": code}}, status=status,
+                             headers=headers)
+
+
+def switch_error_response(e: SwitchError) -> web.Response:
+    headers = {"Retry-After": str(int(e.retry_after))} if e.retry_after is not None else None
+    return error_response(e.status, e.message, e.type, e.code, headers)
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler) -> web.StreamResponse:
+    """Whatever goes wrong, the client gets an OpenAI-shaped JSON error, never a traceback."""
+    try:
+        return await handler(request)
+    except SwitchError as e:
+        return switch_error_response(e)
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[CONFIG].max_body_bytes
+        return switch_error_response(RequestTooLarge(f"request body is larger than the limit of {limit} bytes "
+                                                     "(max_body_bytes in config.yaml)"))
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        message = f"{request.method} {request.path}: {e.reason}"
+        if e.status == 404:
+            message += f" ({ROUTES_HINT})"
+        return error_response(e.status, message, "invalid_request_error", e.reason.lower().replace(" ", "_"))
+    except Exception:
+        log.exception("%s %s: internal error", request.method, request.path)
+        return error_response(500, "internal error in llm-switch; see its log (journalctl --user -u llm-switch)",
+                              "server_error", "internal_error")

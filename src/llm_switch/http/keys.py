@@ -1,0 +1,9 @@
+"""The application's shared resources, under typed keys."""
+
+from aiohttp import web
+
+from ..config import Config
+from ..scheduling.scheduler import Scheduler
+
+CONFIG = web.AppKey("config", Config)  # the config the app was built with (listen, body limit)
+SCHEDULER = web.AppKey("scheduler", Scheduler)

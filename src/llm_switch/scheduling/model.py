@@ -1,0 +1,246 @@
+"""One model's lifecycle: its state, the requests it serves, start (health, identity, hooks),
+drain and stop. The scheduler decides *when*; this object does it and keeps its own books."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+from ..backends.llama_server import Backends
+from ..config import Model, format_size
+from ..errors import BackendUnreachable, HealthTimeout, JobFailed, StartFailed, SwitchError
+from ..events import EventBus, MemoryMeasured, StateChanged
+from ..units.journal import journal_tail
+from ..units.systemd import Systemd
+from .memory import Gpu
+from .policy import ModelView, State, default_min_loaded
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[["ModelRuntime"], Awaitable[None]]
+
+
+def _probe_interval(elapsed: float) -> float:
+    """Tight polls while a small model is likely about to answer, looser during a long load."""
+    return 0.005 if elapsed < 1 else 0.02 if elapsed < 30 else 0.1
+
+
+class ModelRuntime:
+    """The running side of one configured model. Mutated only by the scheduler's operations and
+    by request admission and release, all on the event loop."""
+
+    def __init__(self, model: Model, systemd: Systemd, backends: Backends, events: EventBus, gpu: Gpu,
+                 sharing: Callable[[Model], list[Model]]) -> None:
+        self.model = model
+        self._systemd, self._backends, self._events, self._gpu = systemd, backends, events, gpu
+        self._sharing = sharing  # other configured models on the same URL
+        self.state = State.STOPPED
+        self.since = time.time()
+        self.reason: str | None = None
+        self.in_flight = 0
+        self.waiting = 0
+        self.draining = False
+        self.last_used = 0.0
+        self.ready_at = 0.0
+        self.idle_since: float | None = time.monotonic()
+        self.load_s: float | None = None  # the last successful load, start to ready
+        self.memory: MemoryMeasured | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.after_ready: list[Hook] = []  # run before requests waiting for the model are admitted
+        self.before_stop: list[Hook] = []  # run after the model drained, before its unit stops
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def view(self) -> ModelView:
+        return ModelView(
+            name=self.name, url=self.model.url, memory=self.model.memory, state=self.state,
+            in_flight=self.in_flight, waiting=self.waiting, draining=self.draining, last_used=self.last_used,
+            ready_at=self.ready_at, idle_since=self.idle_since, min_loaded=self.min_loaded,
+            idle_unload=self.model.idle_unload)
+
+    @property
+    def min_loaded(self) -> float:
+        return self.model.min_loaded if self.model.min_loaded is not None else default_min_loaded(self.load_s)
+
+    def set(self, state: State, reason: str | None = None) -> None:
+        old, self.state, self.since, self.reason = self.state, state, time.time(), reason
+        if state is not State.READY:
+            self.draining = False
+        if old is not state:
+            self._events.publish(StateChanged(self.name, str(old), str(state), reason))
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def admit(self) -> None:
+        self.in_flight += 1
+        self.last_used = time.monotonic()
+        self.idle_since = None
+        self._idle.clear()
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self.last_used = time.monotonic()
+        if self.in_flight == 0:
+            self.idle_since = self.last_used
+            self._idle.set()
+
+    # -- start --------------------------------------------------------------------------------
+
+    async def start(self) -> float:
+        """Start the unit and wait until it serves; returns the seconds it took. On failure the
+        unit is stopped again, the state is FAILED with the reason, and the error is raised."""
+        t0 = time.monotonic()
+        self.set(State.STARTING)
+        try:
+            await self._start_unit()
+            await self._wait_healthy()
+            await self._run_hooks(self.after_ready, "after_ready")
+        except SwitchError as e:
+            self.set(State.FAILED, e.message)
+            log.error("%s: start failed after %.2f s: %s", self.name, time.monotonic() - t0, e.message)
+            with contextlib.suppress(SwitchError):
+                await self._systemd.stop(self.model.unit)  # do not leave a half-loaded model on the GPU
+            raise
+        except asyncio.CancelledError:
+            self.set(State.STOPPED)
+            raise
+        self.load_s = time.monotonic() - t0
+        self.ready_at = self.idle_since = time.monotonic()
+        self.set(State.READY)
+        return self.load_s
+
+    async def adopt(self) -> bool:
+        """Take a unit that already runs as it is, if it serves; False when it does not (yet)."""
+        if await self._backends.health(self.model.url, 2.0) != 200:
+            return False
+        self.ready_at = self.idle_since = time.monotonic()
+        self.set(State.READY)
+        return True
+
+    async def measure(self) -> MemoryMeasured:
+        ram, pid = await self._systemd.memory(self.model.unit)
+        self.memory = MemoryMeasured(self.name, self.model.memory, ram, self._gpu.vram_of(pid))
+        self._events.publish(self.memory)
+        return self.memory
+
+    def memory_text(self) -> str:
+        """`memory 6.8G declared, 412M RAM measured` for the log line of a start."""
+        m = self.memory
+        parts = [f"memory {format_size(self.model.memory)} declared" if self.model.memory else "memory not declared"]
+        if m is not None and m.ram is not None:
+            parts.append(f"{format_size(m.ram)} RAM")
+        if m is not None and m.vram is not None:
+            parts.append(f"{format_size(m.vram)} VRAM")
+        return ", ".join(parts) + (" measured" if len(parts) > 1 else "")
+
+    def measured_over_declared(self) -> bool:
+        m, declared = self.memory, self.model.memory
+        measured = (m.vram if m and m.vram else m.ram if m else None)
+        return declared is not None and measured is not None and measured > declared
+
+    async def _start_unit(self) -> None:
+        model = self.model
+        try:
+            if model.cmd is not None:
+                await self._systemd.start_transient(model.unit, model.cmd, f"llm-switch model {model.name}")
+            else:
+                await self._systemd.start(model.unit)
+        except JobFailed as e:
+            raise StartFailed(await self.why_failed(f"start job ended with result '{e.result}'")) from None
+
+    async def _wait_healthy(self) -> None:
+        model = self.model
+        t0 = last_asked = time.monotonic()
+        deadline = t0 + model.health_timeout
+        first = True
+        while True:
+            probe_at = time.monotonic()
+            status = await self._backends.health(model.url, min(2.0, max(0.05, deadline - probe_at)))
+            if status == 200:
+                await self._check_identity()
+                return
+            now = time.monotonic()
+            if now >= deadline:
+                raise HealthTimeout(f"{model.name}: not healthy at {model.url}/health within "
+                                    f"{model.health_timeout:g} s (health_timeout); unit {model.unit} was stopped")
+            # nothing listening: has the unit died? (a 503 means it is alive and loading) Asked at
+            # most every 50 ms: a D-Bus round trip per 5 ms probe would slow the probes down.
+            if status is None and (first or now - last_asked >= 0.05):
+                first, last_asked = False, now
+                state = (await self._systemd.active_states([model.unit])).get(model.unit)
+                if state is None or not state.running:
+                    raise StartFailed(await self.why_failed("exited while loading"))
+            # probes at a steady rate: the time a probe and a D-Bus question took is not added
+            await asyncio.sleep(max(0.0, probe_at + _probe_interval(now - t0) - time.monotonic()))
+
+    async def _check_identity(self) -> None:
+        """A stale server of another model on a shared port must not be taken for this one."""
+        sharing = self._sharing(self.model)
+        if not sharing:
+            return
+        ids = await self._backends.model_ids(self.model.url)
+        if not ids or ids & {self.name, *self.model.aliases}:
+            return  # it does not tell, or it is us
+        for other in sharing:
+            if ids & {other.name, *other.aliases}:
+                raise BackendUnreachable(f"{self.name}: {self.model.url} answers as model {other.name!r}, not "
+                                         f"{self.name!r}; is another server still bound to that port?")
+
+    async def why_failed(self, what: str) -> str:
+        model = self.model
+        detail = await self._systemd.failure(model.unit)
+        if model.cmd is not None and not (os.path.isfile(model.cmd[0]) and os.access(model.cmd[0], os.X_OK)):
+            detail += f"; {model.cmd[0]} is not an executable file"  # a transient unit is gone at once
+        lines = await journal_tail(model.unit)
+        text = f"{model.name}: unit {model.unit} {what} ({detail})"
+        if lines:
+            text += "; last log lines:\n" + "\n".join(lines)
+        else:
+            text += f"; see `journalctl --user -u {model.unit}`"
+        return text
+
+    # -- stop ---------------------------------------------------------------------------------
+
+    async def stop(self) -> float:
+        """Take no new requests, let those in flight finish, run the before_stop hooks, stop the
+        unit. Returns the seconds the stop took (the drain not counted)."""
+        self.draining = True
+        if self.in_flight:
+            log.info("%s: waiting for %d request(s) to finish before stopping", self.name, self.in_flight)
+            await self._idle.wait()
+        if self.state is State.READY:
+            await self._run_hooks(self.before_stop, "before_stop")
+        self.set(State.STOPPING)
+        t0 = time.monotonic()
+        await self._backends.close(self.model.url)
+        try:
+            await self._systemd.stop(self.model.unit)
+        except SwitchError:
+            self.set(State.FAILED, "stop failed")
+            raise
+        self.set(State.STOPPED)
+        self.memory = None
+        took = time.monotonic() - t0
+        log.info("%s: stopped %s in %.2f s", self.name, self.model.unit, took)
+        return took
+
+    def forget(self) -> None:
+        """The unit stopped behind the switch's back: the next request starts it again."""
+        if self.state is State.READY:
+            self.set(State.STOPPED)
+
+    async def _run_hooks(self, hooks: list[Hook], what: str) -> None:
+        """A hook that fails costs what it was for, never the switch."""
+        for hook in hooks:
+            try:
+                await hook(self)
+            except Exception:
+                log.exception("%s: %s hook %s failed; going on without it", self.name, what,
+                              getattr(hook, "__qualname__", hook))

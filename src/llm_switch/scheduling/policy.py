@@ -1,0 +1,169 @@
+"""Which model runs next: pure decisions, no I/O, no logging, no clock of its own.
+
+The scheduler hands `decide()` a snapshot of every model and the queue of waiting requests and
+carries out the `Plan` it gets back. The rules, with worked examples, are in docs/design.md:
+
+- A model runs beside others when the declared memory of all running models fits the budget and
+  their URLs differ. A model without `memory`, or any model when there is no budget, runs alone.
+- Starting a model that does not fit stops running models, least recently used first.
+- Waiting requests are served by model, oldest first: A B A B waiting becomes A A B B.
+- For `min_loaded` after it became ready, a model keeps taking new requests even while another
+  model's requests wait. After that, a waiting switch makes its new requests queue behind it.
+- An idle model (nothing in flight, nothing waiting) is swapped out at once for a request that
+  arrived while it was idle. One that just finished a request which a waiting switch sat behind
+  is held for `TURNAROUND`, so the client that keeps it busy can send its next request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+TURNAROUND = 0.5        # s: how long a busy client has to send its next request (see above)
+MIN_LOADED_FLOOR = 5.0  # s: the least default min_loaded
+MIN_LOADED_FACTOR = 3   # default min_loaded: this many times the model's last load time
+
+
+class State(StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+    @property
+    def up(self) -> bool:
+        """The model's unit runs (or is about to): it holds memory."""
+        return self in (State.STARTING, State.READY, State.STOPPING)
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """What the policy knows of one model. Times are monotonic seconds."""
+
+    name: str
+    url: str
+    memory: int | None          # declared bytes; None runs alone
+    state: State
+    in_flight: int = 0
+    waiting: int = 0            # requests queued for it
+    draining: bool = False      # chosen to stop: takes no new requests
+    last_used: float = 0.0      # the least recently used is stopped first
+    ready_at: float = 0.0
+    idle_since: float | None = None  # None while requests are in flight
+    min_loaded: float = MIN_LOADED_FLOOR
+    idle_unload: float | None = None
+
+
+@dataclass(frozen=True)
+class Waiter:
+    """The oldest waiting request of one model."""
+
+    model: str
+    since: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    admit: frozenset[str] = frozenset()  # models whose waiting requests go in now
+    hold: frozenset[str] = frozenset()   # ready models whose new requests must queue: a switch needs them gone
+    start: str | None = None             # the next model to start ...
+    stop: tuple[str, ...] = ()           # ... once these have drained and stopped
+    unload: tuple[str, ...] = ()         # idle past their idle_unload: stop them
+    wake_at: float | None = None         # decide again then, if nothing happens before
+
+
+def default_min_loaded(last_load_s: float | None) -> float:
+    return max(MIN_LOADED_FLOOR, MIN_LOADED_FACTOR * (last_load_s or 0.0))
+
+
+def fits(target: ModelView, running: Iterable[ModelView], budget: int | None) -> bool:
+    """Whether `target` may run beside all of `running`."""
+    running = list(running)
+    if not running:
+        return True
+    if budget is None or target.memory is None:
+        return False
+    if any(m.memory is None or m.url == target.url for m in running):
+        return False
+    return sum(m.memory for m in running) + target.memory <= budget  # type: ignore[misc]
+
+
+def evict_for(target: ModelView, running: Sequence[ModelView], budget: int | None) -> list[ModelView]:
+    """The running models that must stop before `target` can start, least recently used first."""
+    others = sorted((m for m in running if m.name != target.name), key=lambda m: m.last_used)
+    if budget is None or target.memory is None:
+        return others
+    evict = [m for m in others if m.memory is None or m.url == target.url]
+    kept = [m for m in others if m not in evict]
+    used = sum(m.memory for m in kept)  # type: ignore[misc]
+    for m in kept:  # least recently used first
+        if used + target.memory <= budget:
+            break
+        evict.append(m)
+        used -= m.memory  # type: ignore[operator]
+    return sorted(evict, key=lambda m: m.last_used)
+
+
+def _releasable(m: ModelView, waiter_since: float, now: float) -> bool:
+    """Whether `m` may be stopped now for a request that has waited since `waiter_since`."""
+    if m.state is not State.READY or m.draining:
+        return m.state is not State.STARTING  # stopping already; a starting model is loading for its waiters
+    if now - m.ready_at >= m.min_loaded:
+        return True  # its window is over: drain it and go
+    if m.in_flight or m.waiting or m.idle_since is None:
+        return False
+    return m.idle_since <= waiter_since or now - m.idle_since >= TURNAROUND
+
+
+def _release_at(m: ModelView) -> float | None:
+    """When `m`, not releasable now, may become so by time alone."""
+    if m.state is not State.READY:
+        return None
+    times = [m.ready_at + m.min_loaded]
+    if m.idle_since is not None and not m.in_flight and not m.waiting:
+        times.append(m.idle_since + TURNAROUND)
+    return min(times)
+
+
+def decide(models: Mapping[str, ModelView], queue: Sequence[Waiter], budget: int | None, now: float) -> Plan:
+    """What to do now. `queue` holds each waiting model's oldest request, oldest first."""
+    up = [m for m in models.values() if m.state.up]
+    hold: set[str] = set()
+    wake: list[float] = []
+    start: str | None = None
+    stop: tuple[str, ...] = ()
+    blocked = False  # a switch waits for a model's min_loaded window: later ones keep their place
+    for w in sorted(queue, key=lambda w: w.since):
+        target = models[w.model]
+        if target.state.up and not target.draining and target.state is not State.STOPPING:
+            continue  # ready (admitted below unless held) or starting (joins that start)
+        evict = evict_for(target, [m for m in up if m.name != target.name], budget)
+        if blocked and evict:
+            continue  # only a model that fits beside the running ones may go ahead of a waiting switch
+        waiting_on = [m for m in evict if not _releasable(m, w.since, now)]
+        hold.update(m.name for m in evict if m.state is State.READY and now - m.ready_at >= m.min_loaded)
+        if waiting_on:
+            blocked = True
+            wake.extend(t for m in waiting_on if (t := _release_at(m)) is not None)
+            continue
+        start, stop = target.name, tuple(m.name for m in evict)
+        hold.update(stop)
+        break
+
+    admit = frozenset(n for n, m in models.items()
+                      if m.waiting and m.state is State.READY and not m.draining and n not in hold)
+    unload: list[str] = []
+    for m in up:
+        if m.idle_unload is None or m.state is not State.READY or m.draining or m.name in stop:
+            continue
+        if m.in_flight or m.waiting:
+            continue
+        due = max(m.last_used, m.ready_at) + m.idle_unload
+        if now >= due:
+            unload.append(m.name)
+        else:
+            wake.append(due)
+    return Plan(admit=admit, hold=frozenset(hold), start=start, stop=stop, unload=tuple(unload),
+                wake_at=min(wake) if wake else None)

@@ -1,0 +1,1 @@
+"""systemd: the user manager over D-Bus, and the journal."""
