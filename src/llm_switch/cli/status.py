@@ -15,7 +15,7 @@ import urllib.request
 from typing import Any
 
 from .. import config as config_mod
-from ..config import DEFAULT_LISTEN, Config
+from ..config import DEFAULT_LISTEN, Config, format_size
 from ..errors import ConfigError, SwitchError
 
 SERVICE = "llm-switch.service"
@@ -78,11 +78,17 @@ def render(status: dict, url: str, now: float) -> str:
     width = max((len(m["model"]) for m in models), default=0)
     up = [m for m in models if m.get("state") in _UP]
     lines.append("running: " + (", ".join(f"{m['model']} ({m['state']})" for m in up) or "none"))
+    if status.get("memory_budget"):
+        lines.append(f"memory budget: {format_size(status['memory_budget'])}")
+    if status.get("vram_note"):
+        lines.append(status["vram_note"])
     lines.append("models:")
     for m in models:
         since = m.get("since")
         when = f"  since {_clock(since)} ({_ago(now - since)})" if since and m.get("state") != "stopped" else ""
         line = f"  {m['model']:<{width}}  {m.get('state', '?'):<8}  {m.get('unit', '')}{when}"
+        if memory := _memory_text(m.get("memory") or {}):
+            line += f"  {memory}"
         if m.get("state") == "failed" and m.get("reason"):
             line += f"\n  {'':<{width}}  {_first_line(m['reason'])}"
         lines.append(line)
@@ -94,6 +100,16 @@ def render(status: dict, url: str, now: float) -> str:
     else:
         lines.append("no switch yet")
     return "\n".join(lines)
+
+
+def _memory_text(memory: dict) -> str:
+    """`memory 6.8G declared, 6.2G RAM measured`; empty when nothing is known."""
+    declared, ram, vram = memory.get("declared"), memory.get("measured_ram"), memory.get("measured_vram")
+    parts = [f"memory {format_size(declared)} declared" if declared else "memory not declared"]
+    parts += [f"{format_size(n)} {what}" for n, what in ((ram, "RAM"), (vram, "VRAM")) if n]
+    if len(parts) == 1:
+        return parts[0] if declared else ""
+    return ", ".join(parts) + " measured"
 
 
 def _switch_text(s: dict) -> str:

@@ -1,11 +1,26 @@
-"""How much memory a running model takes: the unit's MemoryCurrent from systemd and, where
-nvidia-ml-py and an NVIDIA GPU are present, the VRAM of its processes from NVML."""
+"""How much memory a running model takes: the unit's MemoryCurrent from systemd (or, where the
+manager does no memory accounting, as on cgroup v1, the resident size of its main process) and,
+where nvidia-ml-py and an NVIDIA GPU are present, the VRAM of its processes from NVML."""
 
 from __future__ import annotations
 
 import logging
 
 log = logging.getLogger(__name__)
+
+
+def rss_of(pid: int | None) -> int | None:
+    """Resident bytes of process `pid`, from /proc; None when it is gone."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 class Gpu:

@@ -16,7 +16,7 @@ from ..errors import BackendUnreachable, HealthTimeout, JobFailed, StartFailed, 
 from ..events import EventBus, MemoryMeasured, StateChanged
 from ..units.journal import journal_tail
 from ..units.systemd import Systemd
-from .memory import Gpu
+from .memory import Gpu, rss_of
 from .policy import ModelView, State, default_min_loaded
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,8 @@ class ModelRuntime:
 
     async def measure(self) -> MemoryMeasured:
         ram, pid = await self._systemd.memory(self.model.unit)
+        if ram is None:
+            ram = rss_of(pid)
         self.memory = MemoryMeasured(self.name, self.model.memory, ram, self._gpu.vram_of(pid))
         self._events.publish(self.memory)
         return self.memory
