@@ -56,7 +56,14 @@ def test_fits(target, running, budget, expected):
                                  m("z", State.READY, memory=1, last_used=1)], 8 * G, ["y"]),
     # a running model without memory goes, whatever the budget
     (m("x", memory=1), [m("y", State.READY, last_used=9), m("z", State.READY, memory=1, last_used=1)], 8 * G, ["y"]),
-], ids=["exclusive-lru", "embed-stays", "lru-one", "lru-two", "same-url", "running-exclusive"])
+    # the small model, least recently used, is passed over when stopping the big one is enough
+    (m("thinker", memory=6.5), [m("embed", State.READY, memory=1.2, last_used=1),
+                                m("coder", State.READY, memory=6.8, last_used=5)], int(8.2 * G), ["coder"]),
+    # a model serving requests counts as used now
+    (m("x", memory=3), [m("p", State.READY, memory=3, last_used=1, in_flight=1),
+                        m("q", State.READY, memory=3, last_used=5)], 7 * G, ["q"]),
+], ids=["exclusive-lru", "embed-stays", "lru-one", "lru-two", "same-url", "running-exclusive", "small-stays",
+        "busy-is-recent"])
 def test_evict_for(target, running, budget, expected):
     assert names(evict_for(target, running, budget)) == expected
 

@@ -5,7 +5,8 @@ carries out the `Plan` it gets back. The rules, with worked examples, are in doc
 
 - A model runs beside others when the declared memory of all running models fits the budget and
   their URLs differ. A model without `memory`, or any model when there is no budget, runs alone.
-- Starting a model that does not fit stops running models, least recently used first.
+- Starting a model that does not fit stops running models, least recently used first (one
+  serving requests counts as used now); one stopped on the way that would still fit stays.
 - Waiting requests are served by model, oldest first: A B A B waiting becomes A A B B.
 - For `min_loaded` after it became ready, a model keeps taking new requests even while another
   model's requests wait. After that, a waiting switch makes its new requests queue behind it.
@@ -90,20 +91,30 @@ def fits(target: ModelView, running: Iterable[ModelView], budget: int | None) ->
     return sum(m.memory for m in running) + target.memory <= budget  # type: ignore[misc]
 
 
+def _recency(m: ModelView) -> tuple[bool, float]:
+    """Sort key, least recently used first; a model serving requests now counts as used now."""
+    return m.in_flight > 0, m.last_used
+
+
 def evict_for(target: ModelView, running: Sequence[ModelView], budget: int | None) -> list[ModelView]:
     """The running models that must stop before `target` can start, least recently used first."""
-    others = sorted((m for m in running if m.name != target.name), key=lambda m: m.last_used)
+    others = sorted((m for m in running if m.name != target.name), key=_recency)
     if budget is None or target.memory is None:
         return others
     evict = [m for m in others if m.memory is None or m.url == target.url]
     kept = [m for m in others if m not in evict]
     used = sum(m.memory for m in kept)  # type: ignore[misc]
-    for m in kept:  # least recently used first
+    dropped: list[ModelView] = []
+    for m in kept:  # least recently used first, until it fits
         if used + target.memory <= budget:
             break
-        evict.append(m)
+        dropped.append(m)
         used -= m.memory  # type: ignore[operator]
-    return sorted(evict, key=lambda m: m.last_used)
+    for m in reversed(dropped):  # one dropped on the way that still fits beside the target stays
+        if used + m.memory + target.memory <= budget:  # type: ignore[operator]
+            dropped.remove(m)
+            used += m.memory  # type: ignore[operator]
+    return sorted(evict + dropped, key=_recency)
 
 
 def _releasable(m: ModelView, waiter_since: float, now: float) -> bool:
