@@ -256,11 +256,19 @@ class Scheduler:
         except SwitchError as e:
             log.debug("%s: memory not measured: %s", runtime.name, e.message)
 
-    async def _stop_idle(self, names: tuple[str, ...]) -> None:
-        chosen = [self.models[n] for n in names if n in self.models]
-        for r in chosen:
+    async def _stop_running(self, chosen: list[ModelRuntime]) -> list[ModelRuntime]:
+        """Stop those of `chosen` that run, as the switch or systemd sees it, each after draining."""
+        if not chosen:
+            return []
+        states = await self.systemd.active_states([r.model.unit for r in chosen])
+        running = [r for r in chosen if r.state.up or ((s := states.get(r.model.unit)) is not None and s.running)]
+        for r in running:
             r.draining = True
-        await asyncio.gather(*(r.stop() for r in chosen))
+        await asyncio.gather(*(r.stop() for r in running))
+        return running
+
+    async def _stop_idle(self, names: tuple[str, ...]) -> None:
+        await self._stop_running([self.models[n] for n in names if n in self.models])
         log.info("unloaded %s: idle longer than idle_unload", ", ".join(names))
 
     def _record(self, previous: tuple[str, ...], target: str, stopped_s: float, ready_s: float, ok: bool) -> None:
@@ -299,12 +307,7 @@ class Scheduler:
 
         async def work() -> None:
             chosen = [self.models[n] for n in names] if names else list(self.models.values())
-            states = await self.systemd.active_states([r.model.unit for r in chosen])
-            running = [r for r in chosen if r.state.up or ((s := states.get(r.model.unit)) is not None and s.running)]
-            for r in running:
-                r.draining = True
-            await asyncio.gather(*(r.stop() for r in running))
-            stopped.extend(r.name for r in running)
+            stopped.extend(r.name for r in await self._stop_running(chosen))
             if stopped:
                 log.info("unloaded %s", ", ".join(stopped))
 
@@ -318,11 +321,7 @@ class Scheduler:
         async def work() -> None:
             gone = [r for name, r in self.models.items()
                     if name not in new.models or new.models[name].unit != r.model.unit]
-            states = await self.systemd.active_states([r.model.unit for r in gone]) if gone else {}
-            running = [r for r in gone if r.state.up or ((s := states.get(r.model.unit)) is not None and s.running)]
-            for r in running:
-                r.draining = True
-            await asyncio.gather(*(r.stop() for r in running))
+            running = await self._stop_running(gone)
             for r in gone:
                 self._fail_waiting(r.name, UnknownModel.named(r.name, new.known()))
                 del self.models[r.name]
