@@ -71,3 +71,21 @@ def test_stress_loses_nothing_and_keeps_the_budget(tmp_path):
     assert data["loads"] >= sum(1 for n in data["by_model"].values() if n)
     for key in ("latency_p50_s", "latency_p95_s", "latency_max_s", "wall_s"):
         assert _number(data[key]) and data[key] > 0, key
+
+
+def test_stress_rules_catch_overlaps():
+    """The checks that the stress relies on find what they should (so zero means something)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import stress  # noqa: PLC0415
+
+    mem = {m: stress.size_bytes("300M") for m in "abc"}
+    budget = stress.size_bytes("700M")
+    assert budget == 700 * 1024 ** 2 and stress.size_bytes("1G") == 1024 ** 3 and stress.size_bytes("512") == 512
+    assert stress.broken_rules(("a", "c"), mem, budget) == []
+    assert len(stress.broken_rules(("a", "b"), mem, budget)) == 1  # shared URL
+    assert len(stress.broken_rules(("a", "b", "c"), mem, budget)) == 2  # and the budget
+    # b starts while a still runs: caught; c starts the instant a stops: not an overlap
+    runs = {"a": [(1.0, 2.0)], "b": [(1.5, 3.0)], "c": [(2.0, float("inf"))]}
+    bad = stress.exact_violations(runs, mem, budget)
+    assert [(v["starting"], v["running"]) for v in bad] == [("b", ["a", "b"])]
+    assert stress.exact_violations({"a": [(1.0, 2.0)], "b": [(2.0, 3.0)], "c": [(0.0, 9.0)]}, mem, budget) == []
