@@ -127,7 +127,7 @@ def repair_tool_calls(model: Model, tools_offered: bool) -> Callable[[aiohttp.Cl
                 return bytes(held)
             try:
                 body = json.loads(held)
-            except ValueError:
+            except (ValueError, RecursionError):
                 return bytes(held)
             if not isinstance(body, dict):
                 return bytes(held)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 # syslog priorities journald reads from a `<N>` prefix on each stdout/stderr line
 _PRIORITY = {
@@ -49,3 +50,41 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
     # aiohttp's access log would print every request; the switch logs what matters itself
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    server.filters[:] = [f for f in server.filters if not isinstance(f, QuietMalformedRequests)]
+    server.addFilter(QuietMalformedRequests())
+
+
+class QuietMalformedRequests(logging.Filter):
+    """aiohttp answers malformed HTTP (bare CR/LF, duplicate Content-Length, …) with a 400, as it
+    should, but logs each one as an ERROR with a traceback: any local process could flood the
+    journal. Make those one info line, at most one per `every` seconds, counting the rest."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        super().__init__()
+        self.every = every
+        self._last = -every
+        self._suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        now = time.monotonic()
+        if now - self._last < self.every:
+            self._suppressed += 1
+            return False
+        more = f" ({self._suppressed} more since the last such line)" if self._suppressed else ""
+        self._last, self._suppressed = now, 0
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args, record.exc_info, record.exc_text = (
+            "answered 400 to a malformed HTTP request from %s: %s%s", (remote, _reason(exc), more), None, None)
+        return True
+
+
+def _reason(exc: BaseException) -> str:
+    message = getattr(exc, "message", None) or str(exc)
+    return message.splitlines()[0][:200] if message else type(exc).__name__

@@ -3,6 +3,8 @@ STATUS line show are all views of it."""
 
 from __future__ import annotations
 
+import time
+
 from ..config import format_size
 from ..scheduling.model import ModelRuntime
 from ..scheduling.policy import State
@@ -15,6 +17,8 @@ def model_status(r: ModelRuntime) -> dict:
         "model": r.name, "unit": r.model.unit, "url": r.model.url, "state": str(r.state), "since": r.since,
         "reason": r.reason, "in_flight": r.in_flight, "waiting": r.waiting,
         "load_s": round(r.load_s, 3) if r.load_s is not None else None,
+        "failures": r.failures,
+        "retry_in_s": round(wait, 1) if (wait := r.retry_at - time.monotonic()) > 0 else None,
         "memory": {"declared": r.model.memory,
                    "measured_ram": m.ram if m else None,
                    "measured_vram": m.vram if m else None},

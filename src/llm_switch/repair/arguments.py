@@ -23,11 +23,26 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # NaN/Infinity: Python accepts them, llama-server does not
 
 
-DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+class _Decoder(json.JSONDecoder):
+    """A JSON text nested deeper than Python's recursion limit is just invalid JSON (ValueError),
+    never a RecursionError that escapes into a request."""
+
+    def raw_decode(self, s: str, idx: int = 0) -> tuple[Any, int]:
+        try:
+            return super().raw_decode(s, idx)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
+
+
+DECODER = _Decoder(parse_constant=_reject_constant)
 
 
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    """JSON text of `obj`; ValueError for NaN or nesting too deep to write."""
+    try:
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def _first_object(obj: Any) -> dict | None:

@@ -162,7 +162,7 @@ class StreamRepair:
             return ev.raw
         try:
             chunk = json.loads(ev.data)
-        except ValueError:
+        except (ValueError, RecursionError):
             return ev.raw
         if not isinstance(chunk, dict) or not isinstance(chunk.get("choices"), list):
             return ev.raw

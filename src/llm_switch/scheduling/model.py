@@ -24,6 +24,15 @@ log = logging.getLogger(__name__)
 Hook = Callable[["ModelRuntime"], Awaitable[None]]
 
 
+MAX_BACKOFF = 60.0  # s: the longest wait before starting a failing model again
+
+
+def backoff(failures: int) -> float:
+    """Seconds before the next start after `failures` failed starts in a row: the first failure is
+    retried by the next request (the unit may have been fixed), then 1, 2, 4 … 60 s."""
+    return 0.0 if failures <= 1 else min(MAX_BACKOFF, 2.0 ** (failures - 2))
+
+
 def _probe_interval(elapsed: float) -> float:
     """Tight polls while a small model is likely about to answer, looser during a long load."""
     return 0.005 if elapsed < 1 else 0.02 if elapsed < 30 else 0.1
@@ -48,6 +57,9 @@ class ModelRuntime:
         self.ready_at = 0.0
         self.idle_since: float | None = time.monotonic()
         self.load_s: float | None = None  # the last successful load, start to ready
+        self.failures = 0  # failed starts in a row
+        self.retry_at = 0.0  # monotonic: no new start before, after a failure (no hot restart loop)
+        self.error: SwitchError | None = None  # why the last start failed
         self.memory: MemoryMeasured | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -103,6 +115,9 @@ class ModelRuntime:
             await self._wait_healthy()
             await self._run_hooks(self.after_ready, "after_ready")
         except SwitchError as e:
+            self.failures += 1
+            self.retry_at = time.monotonic() + backoff(self.failures)
+            self.error = e
             self.set(State.FAILED, e.message)
             log.error("%s: start failed after %.2f s: %s", self.name, time.monotonic() - t0, e.message)
             with contextlib.suppress(SwitchError):
@@ -113,8 +128,22 @@ class ModelRuntime:
             raise
         self.load_s = time.monotonic() - t0
         self.ready_at = self.idle_since = time.monotonic()
+        self.clear_backoff()
         self.set(State.READY)
         return self.load_s
+
+    def clear_backoff(self) -> None:
+        self.failures, self.retry_at = 0, 0.0
+
+    def backing_off(self) -> SwitchError | None:
+        """The last start's failure while the next start must wait, else None."""
+        wait = self.retry_at - time.monotonic()
+        if self.state is not State.FAILED or self.error is None or wait <= 0:
+            return None
+        e = self.error
+        again = type(e) if type(e) in (StartFailed, HealthTimeout, BackendUnreachable) else StartFailed
+        return again(f"{e.message}\n(failed {self.failures} time(s) in a row; not started again for {wait:.0f} s. "
+                     f"Fix the unit, then `llm-switch load {self.name}` or reload the config to try at once)")
 
     async def adopt(self) -> bool:
         """Take a unit that already runs as it is, if it serves; False when it does not (yet)."""

@@ -25,7 +25,7 @@ from ..backends.llama_server import Backends
 from ..config import Config, Model
 from ..errors import QueueFull, QueueTimeout, StartFailed, SwitchError, UnknownModel
 from ..events import EventBus, SwitchDone
-from ..units.systemd import Systemd
+from ..units.systemd import ActiveState, Systemd
 from . import policy
 from .memory import Gpu
 from .model import ModelRuntime
@@ -57,7 +57,10 @@ class Scheduler:
         self._op: asyncio.Task | None = None
         self._admin: deque[tuple[Callable[[], Awaitable[None]], asyncio.Future]] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self._resync_task: asyncio.Task | None = None
         self._closed = False
+        systemd.watch_units(self._unit_changed)
+        systemd.on_reconnect(self._resync_soon)
 
     def _runtime(self, model: Model) -> ModelRuntime:
         return ModelRuntime(model, self.systemd, self.backends, self.events, self.gpu, self._sharing)
@@ -83,6 +86,8 @@ class Scheduler:
         if not self._queue and runtime.state is State.READY and not runtime.draining and name not in self._hold:
             runtime.admit()  # the common case: nothing waits, the model serves
             return runtime
+        if (failure := runtime.backing_off()) is not None:
+            raise failure
         if len(self._queue) >= self.config.max_queue:
             raise QueueFull(f"{name}: {len(self._queue)} requests are already waiting (max_queue); try again later",
                             retry_after=self._retry_after())
@@ -296,7 +301,10 @@ class Scheduler:
                     await asyncio.shield(self._op)
 
     async def load(self, name: str) -> ModelRuntime:
-        """Start a model as a request would (same queue, same rules), without sending it anything."""
+        """Start a model as a request would (same queue, same rules), without sending it anything.
+        A model whose starts failed is tried again at once."""
+        if (runtime := self.models.get(name)) is not None:
+            runtime.clear_backoff()
         runtime = await self.acquire(name)
         self.release(runtime)
         return runtime
@@ -328,6 +336,7 @@ class Scheduler:
             for name, model in new.models.items():
                 if name in self.models:
                     self.models[name].model = model
+                    self.models[name].clear_backoff()  # the unit may have been fixed
                 else:
                     self.models[name] = self._runtime(model)
             self.config = new
@@ -335,6 +344,30 @@ class Scheduler:
                      f"; stopped {', '.join(r.name for r in running)}" if running else "")
 
         await self._run_exclusively(work)
+
+    def _unit_changed(self, unit: str, state: ActiveState) -> None:
+        """systemd says a unit changed state: one the switch believes ready that stops or fails was
+        stopped behind its back (the switch's own stops go through STOPPING first)."""
+        runtime = next((r for r in self.models.values() if r.model.unit == unit), None)
+        if runtime is None or runtime.state is not State.READY or state.running:
+            return
+        log.info("%s: %s is %s: stopped outside the switch", runtime.name, unit, state)
+        runtime.forget()
+        self._schedule()
+
+    def _resync_soon(self) -> None:
+        if self._resync_task is None or self._resync_task.done():
+            self._resync_task = asyncio.get_running_loop().create_task(self._resync(), name="llm-switch resync")
+
+    async def _resync(self) -> None:
+        """After the bus came back: signals may have been missed, so read every unit's state again."""
+        try:
+            states = await self.systemd.active_states([r.model.unit for r in self.models.values()])
+        except SwitchError as e:
+            log.warning("could not read the units' states again: %s", e.message)
+            return
+        for r in list(self.models.values()):
+            self._unit_changed(r.model.unit, states.get(r.model.unit, ActiveState.INACTIVE))
 
     async def forget_if_stopped(self, runtime: ModelRuntime) -> bool:
         """After a refused connection: True (and the model stopped) when systemd no longer runs its
@@ -354,6 +387,8 @@ class Scheduler:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._resync_task is not None:
+            self._resync_task.cancel()
         for ticket in self._queue:
             ticket.admitted.cancel()
         if self._op is not None:

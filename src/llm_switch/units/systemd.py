@@ -7,7 +7,11 @@ are translated into the switch's own errors here, at the boundary.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
+import time
+from collections.abc import Callable
 from enum import StrEnum
 
 from dbus_fast import BusType, Message, MessageType, Variant
@@ -26,6 +30,8 @@ _SERVICE = "org.freedesktop.systemd1.Service"
 _PROPS = "org.freedesktop.DBus.Properties"
 _UINT64_MAX = (1 << 64) - 1  # systemd's "not known"
 _JOB_REMOVED = f"type='signal',sender='{_DEST}',interface='{_MANAGER}',member='JobRemoved',path='{_PATH}'"
+_UNIT_CHANGED = (f"type='signal',sender='{_DEST}',interface='{_PROPS}',member='PropertiesChanged',"
+                 f"path_namespace='{_PATH}/unit'")
 
 
 class ActiveState(StrEnum):
@@ -41,22 +47,44 @@ class ActiveState(StrEnum):
         return self in (ActiveState.ACTIVE, ActiveState.RELOADING, ActiveState.ACTIVATING)
 
 
-class Systemd:
-    """A client of the user manager; reconnects on the next call after the bus drops."""
+class _BusDropped(SystemdUnavailable):
+    """The connection dropped while a job was pending; its outcome is read again after reconnecting."""
 
-    def __init__(self, job_timeout: float = 90.0) -> None:
+
+class Systemd:
+    """A client of the user manager. When the bus drops it reconnects at once, subscribes again and
+    tells `on_reconnect` listeners; calls made meanwhile wait up to `reconnect_wait` seconds."""
+
+    def __init__(self, job_timeout: float = 90.0, reconnect_wait: float = 15.0) -> None:
         self.job_timeout = job_timeout
+        self.reconnect_wait = reconnect_wait
         self._bus: MessageBus | None = None
         self._connecting: asyncio.Lock = asyncio.Lock()
         self._jobs: dict[str, asyncio.Future[str]] = {}
         self._finished: dict[str, str] = {}  # results of jobs whose path we did not know yet
+        self._unit_listeners: list[Callable[[str, ActiveState], None]] = []
+        self._reconnect_listeners: list[Callable[[], None]] = []
+        self._watcher: asyncio.Task | None = None
+        self._ever_connected = False
+        self._closed = False
 
     # -- connection ---------------------------------------------------------------------------
 
     async def connect(self) -> None:
         await self._connected()
 
+    def watch_units(self, callback: Callable[[str, ActiveState], None]) -> None:
+        """Call `callback(unit, state)` whenever a unit's ActiveState changes (PropertiesChanged)."""
+        self._unit_listeners.append(callback)
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` after the connection came back (signals missed meanwhile are lost)."""
+        self._reconnect_listeners.append(callback)
+
     async def close(self) -> None:
+        self._closed = True
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self._bus is not None:
             self._bus.disconnect()
             self._bus = None
@@ -68,31 +96,70 @@ class Systemd:
         async with self._connecting:
             if self._bus is not None and self._bus.connected:
                 return self._bus
-            try:
-                bus = await MessageBus(bus_type=BusType.SESSION).connect()
-            except Exception as e:  # noqa: BLE001 (address missing, socket gone, auth refused: all mean unreachable)
-                raise SystemdUnavailable(
-                    f"cannot reach the systemd user manager over D-Bus ({e}); is DBUS_SESSION_BUS_ADDRESS set "
-                    "and `systemd --user` running?"
-                ) from None
-            bus.add_message_handler(self._on_message)
-            await self._raw_call(bus, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
-                                 "AddMatch", "s", [_JOB_REMOVED])
-            await self._raw_call(bus, _DEST, _PATH, _MANAGER, "Subscribe")
+            # the first connection fails at once; after a drop, wait a while for the bus to return
+            deadline = time.monotonic() + (self.reconnect_wait if self._ever_connected else 0)
+            while True:
+                try:
+                    bus = await self._open()
+                    break
+                except SystemdUnavailable:
+                    if self._closed or time.monotonic() >= deadline:
+                        raise
+                    await asyncio.sleep(0.1)
             self._fail_pending_jobs()
-            self._bus = bus
+            reconnected, self._bus, self._ever_connected = self._ever_connected, bus, True
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(bus), name="llm-switch D-Bus watch")
             log.debug("connected to the user manager at %s", bus.unique_name)
+            if reconnected:
+                log.info("reconnected to the user manager")
+                for callback in self._reconnect_listeners:
+                    callback()
             return bus
+
+    async def _open(self) -> MessageBus:
+        try:
+            bus = await MessageBus(bus_type=BusType.SESSION).connect()
+        except Exception as e:  # noqa: BLE001 (address missing, socket gone, auth refused: all mean unreachable)
+            raise SystemdUnavailable(
+                f"cannot reach the systemd user manager over D-Bus ({e}); is DBUS_SESSION_BUS_ADDRESS set "
+                "and `systemd --user` running?"
+            ) from None
+        bus.add_message_handler(self._on_message)
+        try:
+            for rule in (_JOB_REMOVED, _UNIT_CHANGED):
+                await self._raw_call(bus, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                     "AddMatch", "s", [rule])
+            await self._raw_call(bus, _DEST, _PATH, _MANAGER, "Subscribe")
+        except (DBusError, OSError, EOFError, SystemdUnavailable) as e:
+            bus.disconnect()
+            raise SystemdUnavailable(f"cannot subscribe to the user manager's signals ({e})") from None
+        return bus
+
+    async def _watch(self, bus: MessageBus) -> None:
+        """Reconnect as soon as the bus drops, not on the next call: unit signals must resume."""
+        with contextlib.suppress(Exception):
+            await bus.wait_for_disconnect()
+        if self._closed or self._bus is not bus:
+            return
+        log.warning("D-Bus connection to the user manager lost; reconnecting")
+        self._bus = None
+        self._fail_pending_jobs()
+        try:
+            await self._connected()
+        except SystemdUnavailable as e:
+            log.error("%s; the next call tries again", e.message)
 
     def _fail_pending_jobs(self) -> None:
         for fut in self._jobs.values():
             if not fut.done():
-                fut.set_exception(SystemdUnavailable("the D-Bus connection to the user manager dropped"))
+                fut.set_exception(_BusDropped("the D-Bus connection to the user manager dropped"))
         self._jobs.clear()
         self._finished.clear()
 
     def _on_message(self, msg: Message) -> bool:
-        if msg.message_type == MessageType.SIGNAL and msg.member == "JobRemoved" and msg.interface == _MANAGER:
+        if msg.message_type != MessageType.SIGNAL:
+            return False
+        if msg.member == "JobRemoved" and msg.interface == _MANAGER:
             _id, job, _unit, result = msg.body
             fut = self._jobs.pop(job, None)
             if fut is None:
@@ -101,6 +168,12 @@ class Systemd:
                     self._finished.pop(next(iter(self._finished)))
             elif not fut.done():
                 fut.set_result(result)
+        elif msg.member == "PropertiesChanged" and msg.interface == _PROPS and msg.body and msg.body[0] == _UNIT:
+            state = msg.body[1].get("ActiveState")
+            if state is not None and state.value in ActiveState.__members__.values():
+                unit = _unit_name(msg.path)
+                for callback in self._unit_listeners:
+                    callback(unit, ActiveState(state.value))
         return False
 
     async def _raw_call(self, bus: MessageBus, dest, path, iface, member, signature="", body=()) -> list:
@@ -142,8 +215,23 @@ class Systemd:
             except TimeoutError:
                 self._jobs.pop(job, None)
                 raise JobFailed(unit, verb, f"no result after {self.job_timeout:.0f} s") from None
+            except _BusDropped:
+                result = await self._outcome(unit, verb)
         if result != "done":
             raise JobFailed(unit, verb, result)
+
+    async def _outcome(self, unit: str, verb: str) -> str:
+        """A job's result read from the unit's state, for a job whose JobRemoved was lost with the bus."""
+        deadline = time.monotonic() + self.job_timeout
+        while True:
+            state = (await self.active_states([unit])).get(unit, ActiveState.INACTIVE)
+            if verb == "start" and state is not ActiveState.DEACTIVATING:
+                return "done" if state.running else "failed"
+            if verb == "stop" and state in (ActiveState.INACTIVE, ActiveState.FAILED):
+                return "done"
+            if time.monotonic() >= deadline:
+                return "timeout"
+            await asyncio.sleep(0.05)
 
     async def start(self, unit: str) -> None:
         """StartUnit and wait for its job; raises UnitNotFound or JobFailed."""
@@ -219,6 +307,13 @@ class Systemd:
     async def _property(self, path: str, iface: str, name: str):
         (value,) = await self._call("Get", "ss", [iface, name], path=path, iface=_PROPS)
         return value.value
+
+
+def _unit_name(path: str) -> str:
+    """The unit name of a unit's object path: systemd escapes each byte but [A-Za-z0-9] as _xx."""
+    label = path.rsplit("/", 1)[-1]
+    raw = re.sub(rb"_([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]), label.encode())
+    return raw.decode(errors="replace")
 
 
 def _translate(unit: str, e: DBusError) -> SwitchError:
