@@ -13,6 +13,7 @@
     ├── SystemdUnavailable       502: the user manager cannot be reached over D-Bus
     ├── QueueFull                503: more requests wait than max_queue allows
     ├── QueueTimeout             503: the request waited longer than max_wait for its model
+    ├── ShuttingDown             503: the switch stopped before the answer was complete
     └── HealthTimeout            504: the model did not turn healthy within health_timeout
 """
 
@@ -99,6 +100,10 @@ class QueueTimeout(SwitchError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ShuttingDown(SwitchError):
+    status, type, code = 503, "server_error", "shutting_down"
 
 
 class HealthTimeout(SwitchError):

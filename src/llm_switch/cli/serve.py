@@ -15,7 +15,7 @@ from ..config import Config
 from ..errors import SwitchError
 from ..events import EventBus
 from ..http.app import build_app
-from ..http.keys import SCHEDULER
+from ..http.keys import INFLIGHT, SCHEDULER
 from ..observe.notify import notify
 from ..observe.status import status_line
 from ..scheduling.scheduler import Scheduler
@@ -33,7 +33,7 @@ class Server:
 
     async def run(self) -> None:
         app = build_app(self.config, self.events)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=10)
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5)
         await runner.setup()  # connects to the bus and adopts running units; raises before listening
         try:
             site = web.TCPSite(runner, self.config.listen_host, self.config.listen_port, reuse_address=True)
@@ -52,8 +52,12 @@ class Server:
             if self.config.preload:
                 self._spawn(self._preload(scheduler), "preload")
             await self._stop.wait()
-            log.info("stopping; units are left as they are")
+            log.info("stopping; requests in flight get up to %g s (shutdown_grace); units are left as they are",
+                     self.config.shutdown_grace)
             notify("STOPPING=1")
+            # requests in flight get shutdown_grace to finish (keep it under the unit's
+            # TimeoutStopSec); those still going then end with a 503 or an SSE error event
+            await app[INFLIGHT].stop(self.config.shutdown_grace)
         finally:
             await self._cancel_tasks()
             await runner.cleanup()

@@ -13,14 +13,16 @@ import yaml
 from ..errors import ConfigError
 from . import values as v
 from .types import (DEFAULT_BACKEND, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DEFAULT_MAX_QUEUE,
-                    DEFAULT_MAX_WAIT, Config, Model)
+                    DEFAULT_MAX_WAIT, DEFAULT_PROMPT_CACHE_MAX, DEFAULT_PROMPT_CACHE_MIN_TOKENS, DEFAULT_SHUTDOWN_GRACE,
+                    Config, Model, PromptCacheSettings, default_prompt_cache_dir)
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]*$")
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.service$")
 _TOP_KEYS = {"listen", "backend", "health_timeout", "max_body_bytes", "models", "memory_budget", "min_loaded",
-             "idle_unload", "max_wait", "max_queue", "preload"}
+             "idle_unload", "max_wait", "max_queue", "preload", "shutdown_grace",
+             "prompt_cache", "prompt_cache_dir", "prompt_cache_max", "prompt_cache_min_tokens"}
 _MODEL_KEYS = {"unit", "cmd", "url", "aliases", "health_timeout", "repair_tool_calls", "memory", "min_loaded",
-               "idle_unload"}
+               "idle_unload", "prompt_cache"}
 
 
 def find_path(explicit: str | None) -> Path:
@@ -66,7 +68,14 @@ def parse(text: str, path: str | None = None) -> Config:
         "health_timeout": v.positive_seconds(raw.get("health_timeout", DEFAULT_HEALTH_TIMEOUT), "health_timeout"),
         "min_loaded": v.duration(raw["min_loaded"], "min_loaded") if "min_loaded" in raw else None,
         "idle_unload": v.optional_duration(raw.get("idle_unload", "off"), "idle_unload"),
+        "prompt_cache": v.boolean(raw.get("prompt_cache", True), "prompt_cache"),
     }
+    prompt_cache = PromptCacheSettings(
+        dir=v.directory(raw["prompt_cache_dir"], "prompt_cache_dir") if "prompt_cache_dir" in raw
+        else default_prompt_cache_dir(),
+        max_bytes=v.size(raw.get("prompt_cache_max", DEFAULT_PROMPT_CACHE_MAX), "prompt_cache_max"),
+        min_tokens=v.positive_int(raw.get("prompt_cache_min_tokens", DEFAULT_PROMPT_CACHE_MIN_TOKENS),
+                                  "prompt_cache_min_tokens"))
     budget = v.size(raw["memory_budget"], "memory_budget") if raw.get("memory_budget") is not None else None
 
     models_raw = raw.get("models")
@@ -96,6 +105,8 @@ def parse(text: str, path: str | None = None) -> Config:
         max_wait=v.duration(raw.get("max_wait", DEFAULT_MAX_WAIT), "max_wait"),
         max_queue=v.positive_int(raw.get("max_queue", DEFAULT_MAX_QUEUE), "max_queue"),
         preload=_preload(raw.get("preload", []), names),
+        prompt_cache=prompt_cache,
+        shutdown_grace=v.duration(raw.get("shutdown_grace", DEFAULT_SHUTDOWN_GRACE), "shutdown_grace"),
     )
 
 
@@ -174,6 +185,8 @@ def _model(name: str, spec: Any, defaults: dict[str, Any]) -> Model:
         else defaults["min_loaded"],
         idle_unload=v.optional_duration(spec["idle_unload"], f"{key}.idle_unload") if "idle_unload" in spec
         else defaults["idle_unload"],
+        prompt_cache=v.boolean(spec["prompt_cache"], f"{key}.prompt_cache") if "prompt_cache" in spec
+        else defaults["prompt_cache"],
     )
 
 

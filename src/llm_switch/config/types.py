@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 DEFAULT_LISTEN = "127.0.0.1:3002"
 DEFAULT_BACKEND = "http://127.0.0.1:3004"
@@ -10,6 +12,14 @@ DEFAULT_HEALTH_TIMEOUT = 300.0
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 DEFAULT_MAX_WAIT = 600.0
 DEFAULT_MAX_QUEUE = 256
+DEFAULT_PROMPT_CACHE_MAX = 20 << 30
+DEFAULT_PROMPT_CACHE_MIN_TOKENS = 512
+DEFAULT_SHUTDOWN_GRACE = 30.0
+
+
+def default_prompt_cache_dir() -> str:
+    """$XDG_STATE_HOME/llm-switch/slots: what %S/llm-switch/slots is in a user unit."""
+    return str(Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "llm-switch" / "slots")
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,16 @@ class Model:
     memory: int | None = None  # declared bytes; None: exclusive (runs alone)
     min_loaded: float | None = None  # None: 3x the last load time, at least 5 s
     idle_unload: float | None = None  # None: never unloaded for idleness
+    prompt_cache: bool = True  # save the slots at stop, restore them at start (where the backend can)
+
+
+@dataclass(frozen=True)
+class PromptCacheSettings:
+    """Where slot files live (`dir`/<model>/, the backend's --slot-save-path) and what is kept."""
+
+    dir: str
+    max_bytes: int = DEFAULT_PROMPT_CACHE_MAX  # all models' files together; least recently used go first
+    min_tokens: int = DEFAULT_PROMPT_CACHE_MIN_TOKENS  # shorter prompts are not saved
 
 
 @dataclass(frozen=True)
@@ -39,6 +59,8 @@ class Config:
     max_wait: float = DEFAULT_MAX_WAIT
     max_queue: int = DEFAULT_MAX_QUEUE
     preload: tuple[str, ...] = ()
+    prompt_cache: PromptCacheSettings = field(default_factory=lambda: PromptCacheSettings(default_prompt_cache_dir()))
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE  # s requests in flight may finish after SIGTERM
 
     @property
     def listen(self) -> str:

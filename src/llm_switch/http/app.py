@@ -15,12 +15,14 @@ from ..scheduling.scheduler import Scheduler
 from ..units.systemd import Systemd
 from . import admin, openai
 from .errors import openai_errors
-from .keys import CONFIG, SCHEDULER
+from .inflight import InFlight
+from .keys import CONFIG, INFLIGHT, SCHEDULER
 
 
 def build_app(config: Config, events: EventBus | None = None) -> web.Application:
     app = web.Application(middlewares=[openai_errors], client_max_size=config.max_body_bytes)
     app[CONFIG] = config
+    app[INFLIGHT] = InFlight()
     app.cleanup_ctx.append(_resources(events or EventBus()))
     app.add_routes(admin.ROUTES + openai.ROUTES)
     return app

@@ -4,6 +4,8 @@ from aiohttp import web
 
 from ..config import Config
 from ..scheduling.scheduler import Scheduler
+from .inflight import InFlight
 
 CONFIG = web.AppKey("config", Config)  # the config the app was built with (listen, body limit)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
+INFLIGHT = web.AppKey("inflight", InFlight)

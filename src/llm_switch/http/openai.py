@@ -2,40 +2,41 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
 from aiohttp import web
 
 from .. import repair
-from ..errors import BackendGone, BadRequest, UnknownModel
+from ..errors import ShuttingDown, UnknownModel
 from ..observe.status import model_status
 from ..scheduling.scheduler import Scheduler
-from .keys import SCHEDULER
-from .relay import relay, repair_tool_calls
+from .keys import INFLIGHT, SCHEDULER
+from .proxy import model_named, read_json, switch_and_relay
+from .relay import repair_tool_calls
 
 log = logging.getLogger(__name__)
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
-    scheduler = request.app[SCHEDULER]
-    config = scheduler.config  # the newest: a reload replaces it
-    if request.content_length is not None and request.content_length > config.max_body_bytes:
-        raise web.HTTPRequestEntityTooLarge(max_size=config.max_body_bytes, actual_size=request.content_length)
-    body = await request.read()
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(f"request body is not valid JSON: {e}", "invalid_json") from None
-    except RecursionError:
-        raise BadRequest("request body is nested too deeply to be parsed", "invalid_json") from None
-    name = payload.get("model") if isinstance(payload, dict) else None
-    if not isinstance(name, str):
-        raise BadRequest("request body must be a JSON object with a string `model` naming one of: "
-                         + ", ".join(config.models), "missing_model")
-    model = config.resolve(name)
-    if model is None:
-        raise UnknownModel.named(name, config.known())
+    inflight = request.app[INFLIGHT]
+    if inflight.stopping:
+        raise ShuttingDown("llm-switch is stopping; send the request again once it is back")
+    with inflight.track():
+        try:
+            return await _forward(request)
+        except asyncio.CancelledError:
+            if not inflight.stopping:
+                raise  # the client left
+            raise ShuttingDown("llm-switch stopped before this request was served (shutdown_grace); "
+                               "send it again") from None
+
+
+async def _forward(request: web.Request) -> web.StreamResponse:
+    config = request.app[SCHEDULER].config  # the newest: a reload replaces it
+    body, payload = await read_json(request)
+    model = model_named(config, payload.get("model") if isinstance(payload, dict) else None)
 
     transform = None
     if model.repair_tool_calls and request.path.endswith("/chat/completions"):
@@ -44,18 +45,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
                      model.name, len(names), ", ".join(names))
             body = json.dumps(payload, ensure_ascii=False).encode()
         transform = repair_tool_calls(model, tools_offered=bool(payload.get("tools")))
-
-    session = scheduler.backends.session
-    try:
-        async with scheduler.use(model):
-            return await relay(request, session(model.url), model, body, transform)
-    except BackendGone:
-        # the unit may have been stopped behind our back: find out, and start it again once
-        if not await scheduler.forget_if_stopped(scheduler.models[model.name]):
-            raise
-        log.info("%s: %s was stopped outside the switch; starting it again", model.name, model.unit)
-        async with scheduler.use(model):
-            return await relay(request, session(model.url), model, body, transform)
+    return await switch_and_relay(request, model, body, transform)
 
 
 def _model_entry(scheduler: Scheduler, name: str) -> dict:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable
 from typing import NamedTuple
 
 import aiohttp
@@ -12,7 +14,9 @@ from aiohttp import web
 
 from .. import repair
 from ..config import Model
-from ..errors import BackendGone, BackendUnreachable
+from ..errors import BackendGone, BackendUnreachable, ShuttingDown
+from .errors import in_band_error
+from .keys import INFLIGHT
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +33,12 @@ UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
 
 
 class Rewrite(NamedTuple):
-    """How a successful answer's bytes are changed on the way: `feed` each chunk, `close` at the end."""
+    """How a successful answer's bytes are changed on the way: `feed` each chunk, `close` at the end;
+    `content_type`, when set, replaces the backend's (a translated answer)."""
 
     feed: Callable[[bytes], bytes]
     close: Callable[[], bytes]
+    content_type: str | None = None
 
 
 def upstream_headers(request: web.Request) -> dict[str, str]:
@@ -43,16 +49,20 @@ def is_event_stream(resp: aiohttp.ClientResponse) -> bool:
     return resp.content_type == "text/event-stream"
 
 
-async def relay(request: web.Request, http: aiohttp.ClientSession, model: Model, body: bytes,
-                transform: Callable[[aiohttp.ClientResponse], Rewrite | None] | None = None
-                ) -> web.StreamResponse:
-    """Send `body` to the model's backend and relay the answer chunk by chunk.
+async def relay(request: web.Request, http: aiohttp.ClientSession, model: Model,
+                body: bytes | AsyncIterable[bytes],
+                transform: Callable[[aiohttp.ClientResponse], Rewrite | None] | None = None,
+                *, path: str | None = None, send_headers: dict[str, str] | None = None) -> web.StreamResponse:
+    """Send `body` (bytes, or chunks streamed as they come) to the model's backend and relay the
+    answer chunk by chunk.
 
-    `transform` may rewrite a successful answer on the way (tool-call repair): an event stream
-    chunk by chunk, any other body whole. Without it the relay is byte-transparent."""
-    url = model.url + request.rel_url.path_qs
+    `transform` may rewrite a successful answer on the way (tool-call repair, a translation): an
+    event stream chunk by chunk, any other body whole. Without it the relay is byte-transparent.
+    `path` (with query) replaces the request's, `send_headers` the headers sent upstream."""
+    url = model.url + (path or request.rel_url.path_qs)
     try:
-        upstream = await http.request(request.method, url, data=body, headers=upstream_headers(request),
+        upstream = await http.request(request.method, url, data=body,
+                                      headers=upstream_headers(request) if send_headers is None else send_headers,
                                       timeout=UPSTREAM_TIMEOUT)
     except aiohttp.ClientConnectorError as e:
         raise BackendGone(f"{model.name}: cannot connect to {model.url} ({e.os_error or e})") from None
@@ -62,6 +72,9 @@ async def relay(request: web.Request, http: aiohttp.ClientSession, model: Model,
     async with upstream:
         rewrite = transform(upstream) if transform else None
         headers = [(k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP]
+        if rewrite and rewrite.content_type:
+            headers = [(k, v) for k, v in headers if k.lower() != "content-type"]
+            headers.append(("Content-Type", rewrite.content_type))
         if rewrite and not is_event_stream(upstream):
             try:
                 whole = await upstream.read()
@@ -81,6 +94,20 @@ async def relay(request: web.Request, http: aiohttp.ClientSession, model: Model,
                     await response.write(out)
             if rewrite and (tail := rewrite.close()):
                 await response.write(tail)
+        except asyncio.CancelledError:
+            if not request.app[INFLIGHT].stopping:
+                raise  # the client left
+            # the switch stops and shutdown_grace is over: end the answer visibly, never silently
+            upstream.close()
+            if not is_event_stream(upstream):
+                request.transport and request.transport.close()
+                return response
+            error = ShuttingDown(f"{model.name}: llm-switch stopped before the answer was complete "
+                                 "(shutdown_grace); send the request again")
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await response.write(b"data: " + json.dumps(error.body()).encode() + b"\n\n")
+                await response.write_eof()
+            return response
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             log.info("%s: client went away; closing the request to the backend", model.name)
             upstream.close()
@@ -93,7 +120,7 @@ async def relay(request: web.Request, http: aiohttp.ClientSession, model: Model,
                 if rewrite and (tail := rewrite.close()):
                     await response.write(tail)  # tool calls held so far, repaired
                 error = BackendUnreachable(f"{model.name}: the backend broke off its answer ({e})")
-                await response.write(b"data: " + json.dumps(error.body()).encode() + b"\n\n")
+                await response.write(in_band_error(request.path, error))
             else:
                 request.transport and request.transport.close()
                 return response
