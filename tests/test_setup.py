@@ -22,6 +22,7 @@ from test_setup_support import (
     SETUP,
     HomeManager,
     chat,
+    free_backend_port,
     make_real_model_files,
     request,
     run_setup,
@@ -48,7 +49,8 @@ def installed(um, llama_server):
     models = um.home / "gguf"
     make_real_model_files(models)
     before = tree_state(um.home, um.config_dir)
-    listen_port, backend_port = free_port(), free_port()
+    listen_port = free_port()
+    backend_port = free_backend_port(avoid=listen_port)
     args = ["--yes", "--llama-server", llama_server[0], "--models-dir", str(models),
             "--listen", f"127.0.0.1:{listen_port}", "--backend-port", str(backend_port),
             "--python", sys.executable]
@@ -121,12 +123,19 @@ def test_setup_yes_ends_with_the_service_enabled_active_and_answering(um, instal
         assert (um.unit_dir / unit).read_text() == shipped
     env_file = (um.conf_dir / "llama-server.env").read_text()
     assert f"LLAMA_SERVER='{installed.llama}'" in env_file
+    # bge-m3 has its own port, the next after --backend-port
+    config = (um.conf_dir / "config.yaml").read_text()
+    bge_port = installed.backend_port + 1
+    assert f"url: http://127.0.0.1:{bge_port} " in config
+    assert f"LLAMA_ARG_PORT={bge_port}\n" in (um.conf_dir / "models" / "bge-m3.env").read_text()
 
 
 def test_shipped_model_files_run_on_a_real_llama_server(um, installed):
     """The five model files (q8_0 KV cache, override-tensor, big contexts, sampling flags in
-    LLAMA_ARGS) start llama-server for real, one at a time, bound to loopback."""
+    LLAMA_ARGS) start llama-server for real, one at a time, bound to loopback; bge-m3 on its own
+    port, the next after --backend-port."""
     for name in REAL_MODELS:
+        port = installed.backend_port + 1 if name == "bge-m3" else installed.backend_port
         if name == "bge-m3":
             status, body = request(installed.url + "/v1/embeddings",
                                    {"model": name, "input": "hello"}, timeout=180)
@@ -138,8 +147,8 @@ def test_shipped_model_files_run_on_a_real_llama_server(um, installed):
             assert body["model"] == name
         unit = f"llama-server@{name}.service"
         assert um.active_units("llama-server@*") == [unit]
-    listeners = _tcp_listeners(installed.backend_port)
-    assert listeners == {"127.0.0.1"}, listeners
+        listeners = _tcp_listeners(port)
+        assert listeners == {"127.0.0.1"}, (name, port, listeners)
     pid = um.show("llama-server@bge-m3.service", "MainPID")["MainPID"]
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert b"--host" in argv and argv[argv.index(b"--host") + 1] == b"127.0.0.1"

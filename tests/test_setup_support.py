@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -127,6 +128,23 @@ def tree_state(*roots: Path) -> dict[str, tuple]:
                 else:
                     state[str(path)] = ("dir",)
     return state
+
+
+def free_backend_port(avoid: int) -> int:
+    """A port P for setup.sh's --backend-port: P and P + 1 (bge-m3's own port) were both free
+    a moment ago, and neither is ``avoid`` (the --listen port)."""
+    for _ in range(100):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            if port >= 65535 or avoid in (port, port + 1):
+                continue
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise harness.HarnessError("found no two adjacent free ports")
 
 
 def make_real_model_files(models_dir: Path) -> dict[str, Path]:
