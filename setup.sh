@@ -361,9 +361,15 @@ install_llama_wheel() {  # sets WHEEL_BIN
 
 # --------------------------------------------------------------------------- config files
 
-# One model's entry in config.yaml: its unit, and its own url if its model file has its own port.
+# The `# GPU memory: SIZE = WHY` line of a model template, as "SIZE WHY"; nothing if it has none.
+template_memory() {
+    sed -n 's/^# GPU memory: \([0-9.]*[KMGT]\) = \(.*\)$/\1 \2/p' "$1" | head -n 1
+}
+
+# One model's entry in config.yaml: its unit, its own url if its model file has its own port,
+# and its GPU memory as estimated in its model file.
 config_model_entry() {  # name template
-    local name=$1 template=$2
+    local name=$1 template=$2 memory why
     if [ "$DEMO" = 1 ]; then
         say "  $name: llama-server@$name.service"
         return 0
@@ -372,6 +378,10 @@ config_model_entry() {  # name template
     say "    unit: llama-server@$name.service"
     if grep -q '@EMBEDDING_PORT@' "$template"; then
         say "    url: http://127.0.0.1:$EMBEDDING_PORT  # its own port: it may run beside another model"
+    fi
+    read -r memory why <<<"$(template_memory "$template")"
+    if [ -n "$memory" ]; then
+        printf '    memory: %-20s# %s\n' "$memory" "$why"
     fi
 }
 
@@ -387,8 +397,15 @@ write_config() {
             say "health_timeout: 60             # seconds a model may take to load"
         else
             say "health_timeout: 300            # seconds a model may take to load (80B models take a while)"
+            say "# memory_budget: 7.5G          # uncomment to run models side by side while their memory:"
+            say "#                              # values fit: the GPU memory free with no model loaded"
+            say "#                              # (nvidia-smi), minus ~0.3G. bge-m3 fits beside another from 8.4G."
         fi
         say "models:                        # name clients ask for: the unit that serves it"
+        if [ "$DEMO" = 0 ]; then
+            say "  # memory: the GPU memory a model takes as tuned in models/<name>.env (which says how it"
+            say "  # was estimated); used only with memory_budget"
+        fi
         for name in "${MODELS[@]}"; do
             config_model_entry "$name" "$(model_template "$name")"
         done

@@ -123,8 +123,11 @@ def test_setup_yes_ends_with_the_service_enabled_active_and_answering(um, instal
         assert (um.unit_dir / unit).read_text() == shipped
     env_file = (um.conf_dir / "llama-server.env").read_text()
     assert f"LLAMA_SERVER='{installed.llama}'" in env_file
-    # bge-m3 has its own port, the next after --backend-port
+    # every model declares its GPU memory; the budget is there to uncomment, so one model runs
+    # at a time as before; bge-m3 has its own port, the next after --backend-port
     config = (um.conf_dir / "config.yaml").read_text()
+    assert len(re.findall(r"^    memory: \d+(\.\d+)?G ", config, re.M)) == len(REAL_MODELS), config
+    assert re.search(r"^# memory_budget: ", config, re.M) and "\nmemory_budget" not in config
     bge_port = installed.backend_port + 1
     assert f"url: http://127.0.0.1:{bge_port} " in config
     assert f"LLAMA_ARG_PORT={bge_port}\n" in (um.conf_dir / "models" / "bge-m3.env").read_text()
