@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from ..backends.llama_server import Backends
 from ..config import Model, format_size
 from ..errors import BackendUnreachable, HealthTimeout, JobFailed, StartFailed, SwitchError
-from ..events import EventBus, MemoryMeasured, StateChanged
+from ..events import EventBus, LoadProgress, MemoryMeasured, StateChanged
 from ..units.journal import journal_tail
 from ..units.systemd import Systemd
 from .memory import Gpu, rss_of
@@ -191,8 +191,12 @@ class ModelRuntime:
         t0 = last_asked = time.monotonic()
         deadline = t0 + model.health_timeout
         first = True
+        next_progress = t0 + 1.0
         while True:
             probe_at = time.monotonic()
+            if probe_at >= next_progress:  # for loading progress in streams, metrics, the web page
+                next_progress += 1.0
+                self._events.publish(LoadProgress(self.name, probe_at - t0, "loading"))
             status = await self._backends.health(model.url, min(2.0, max(0.05, deadline - probe_at)))
             if status == 200:
                 await self._check_identity()
