@@ -1,5 +1,6 @@
 """config.yaml parsing: a table of accepted configs and a table of errors with their key paths."""
 
+import os
 import textwrap
 
 import pytest
@@ -107,6 +108,14 @@ def test_seed_format_loads_with_a_warning_for_trace_log():
     ("max_queue: 0\nmodels: {a: a.service}", "max_queue: must be a positive integer"),
     ("preload: [b]\nmodels: {a: a.service}", "preload[0]: unknown model 'b' (known: a)"),
     ("preload: {a: 1}\nmodels: {a: a.service}", "preload: must be a list of model names"),
+    ("prompt_cache: maybe\nmodels: {a: a.service}", "prompt_cache: must be true or false (got 'maybe')"),
+    ("models: {a: {unit: a.service, prompt_cache: 1}}", "models.a.prompt_cache: must be true or false (got 1)"),
+    ("prompt_cache_dir: slots\nmodels: {a: a.service}",
+     "prompt_cache_dir: must be an absolute path or start with ~/ (got 'slots')"),
+    ("prompt_cache_dir: [x]\nmodels: {a: a.service}", "prompt_cache_dir: must be an absolute path"),
+    ("prompt_cache_max: lots\nmodels: {a: a.service}", "prompt_cache_max: must be a size such as 7.5G"),
+    ("prompt_cache_min_tokens: 0\nmodels: {a: a.service}", "prompt_cache_min_tokens: must be a positive integer"),
+    ("models: {a: {unit: a.service, prompt_cache_max: 1G}}", "models.a.prompt_cache_max: unknown key"),
 ])
 def test_errors_name_the_key(text, message):
     with pytest.raises(ConfigError) as e:
@@ -182,3 +191,23 @@ def test_find_path_order(tmp_path, monkeypatch):
     monkeypatch.setenv("LLM_SWITCH_CONFIG", "/etc/x.yaml")
     assert str(find_path(None)) == "/etc/x.yaml"
     assert str(find_path("/given.yaml")) == "/given.yaml"
+
+
+def test_prompt_cache_defaults_and_overrides(monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", "/state")
+    c = cfg("models: {a: a.service}")
+    assert (c.prompt_cache.dir, c.prompt_cache.max_bytes, c.prompt_cache.min_tokens) == (
+        "/state/llm-switch/slots", 20 << 30, 512)
+    assert c.models["a"].prompt_cache is True
+    c = cfg("""
+        prompt_cache: false
+        prompt_cache_dir: ~/cache/slots/
+        prompt_cache_max: 2G
+        prompt_cache_min_tokens: 2000
+        models:
+          a: a.service
+          b: {unit: b.service, prompt_cache: true}
+    """)
+    assert c.prompt_cache.dir == os.path.expanduser("~/cache/slots")
+    assert (c.prompt_cache.max_bytes, c.prompt_cache.min_tokens) == (2 << 30, 2000)
+    assert (c.models["a"].prompt_cache, c.models["b"].prompt_cache) == (False, True)

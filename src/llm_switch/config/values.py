@@ -3,6 +3,7 @@ naming the key path."""
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -83,6 +84,14 @@ def positive_int(value: Any, key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{key}: must be a positive integer (got {value!r})")
     return value
+
+
+def directory(value: Any, key: str) -> str:
+    """An absolute directory path; `~` is the user's home."""
+    path = os.path.expanduser(value) if isinstance(value, str) else ""
+    if not os.path.isabs(path):
+        raise ConfigError(f"{key}: must be an absolute path or start with ~/ (got {value!r})")
+    return os.path.normpath(path)
 
 
 def boolean(value: Any, key: str) -> bool:
