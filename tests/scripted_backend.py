@@ -39,7 +39,8 @@ copies of one event. A dict event may contain the string "{i}" in values; it is 
 the chunk index.
 
 GET /v1/models and GET /health are answered from "model" and "health" unless "routes" names
-them. With ``--record FILE`` every event is appended as one JSON line, flushed at once::
+them; GET /props (the switch asks it for the prompt cache) answers 404, unrecorded, unless
+"routes" names it. With ``--record FILE`` every event is appended as one JSON line, flushed at once::
 
     {"event": "start", "pid": 123, "port": N, "t": unix}           # process started
     {"event": "request", "n": 1, "method": "POST", "path": "/v1/chat/completions",
@@ -155,6 +156,10 @@ class Backend:
             model = self.script.get("model", DEFAULT_MODEL)
             return web.json_response({"object": "list", "data": [
                 {"id": model, "object": "model", "created": 0, "owned_by": "scripted"}]})
+
+        if request.method == "GET" and path == "/props" and path not in routes:
+            return web.json_response({"error": {"message": "not a llama-server", "type": "not_found", "code": 404}},
+                                     status=404)
 
         self.count += 1
         n = self.count

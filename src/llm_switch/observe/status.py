@@ -11,9 +11,9 @@ from ..scheduling.policy import State
 from ..scheduling.scheduler import Scheduler
 
 
-def model_status(r: ModelRuntime) -> dict:
+def model_status(r: ModelRuntime, prompt_cache: dict | None = None) -> dict:
     m = r.memory
-    return {
+    out = {
         "model": r.name, "unit": r.model.unit, "url": r.model.url, "state": str(r.state), "since": r.since,
         "reason": r.reason, "in_flight": r.in_flight, "waiting": r.waiting,
         "load_s": round(r.load_s, 3) if r.load_s is not None else None,
@@ -23,6 +23,9 @@ def model_status(r: ModelRuntime) -> dict:
                    "measured_ram": m.ram if m else None,
                    "measured_vram": m.vram if m else None},
     }
+    if prompt_cache is not None:
+        out["prompt_cache"] = prompt_cache
+    return out
 
 
 def snapshot(scheduler: Scheduler) -> dict:
@@ -32,7 +35,7 @@ def snapshot(scheduler: Scheduler) -> dict:
         "listen": config.listen,
         "memory_budget": config.memory_budget,
         "vram_note": scheduler.gpu.note,
-        "models": [model_status(r) for r in scheduler.models.values()],
+        "models": [model_status(r, scheduler.prompt_cache.status(r)) for r in scheduler.models.values()],
         "switches": [s.as_json() for s in scheduler.switches],
     }
 

@@ -30,6 +30,7 @@ from . import policy
 from .memory import Gpu
 from .model import ModelRuntime
 from .policy import State
+from .prompt_cache import PromptCache
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Scheduler:
         self.backends = backends
         self.events = events or EventBus()
         self.gpu = Gpu()
+        self.prompt_cache = PromptCache(lambda: self.config.prompt_cache, backends)
         self.models: dict[str, ModelRuntime] = {name: self._runtime(m) for name, m in config.models.items()}
         self.switches: deque[SwitchDone] = deque(maxlen=20)
         self._queue: list[_Ticket] = []
@@ -63,7 +65,9 @@ class Scheduler:
         systemd.on_reconnect(self._resync_soon)
 
     def _runtime(self, model: Model) -> ModelRuntime:
-        return ModelRuntime(model, self.systemd, self.backends, self.events, self.gpu, self._sharing)
+        runtime = ModelRuntime(model, self.systemd, self.backends, self.events, self.gpu, self._sharing)
+        self.prompt_cache.attach(runtime)
+        return runtime
 
     def _sharing(self, model: Model) -> list[Model]:
         return [m for m in self.config.models.values() if m.url == model.url and m.name != model.name]
