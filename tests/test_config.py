@@ -16,6 +16,7 @@ def cfg(text: str):
 def test_short_and_long_forms():
     c = cfg("""
         listen: 0.0.0.0:4000
+        allow_unauthenticated: true
         backend: http://127.0.0.1:5000
         health_timeout: 30
         models:
@@ -191,6 +192,100 @@ def test_find_path_order(tmp_path, monkeypatch):
     monkeypatch.setenv("LLM_SWITCH_CONFIG", "/etc/x.yaml")
     assert str(find_path(None)) == "/etc/x.yaml"
     assert str(find_path("/given.yaml")) == "/given.yaml"
+
+
+# -- api_keys and exposure ------------------------------------------------------------------------
+
+KEY = "k" * 16
+MODELS = "models: {a: {unit: a.service, aliases: [aa]}, b: b.service}\n"
+
+
+def test_api_keys_forms(tmp_path, monkeypatch):
+    key_file = tmp_path / "keys"
+    key_file.write_text("# for the laptop\n\n" + "f" * 20 + "\n  " + "g" * 24 + "  \n")
+    key_file.chmod(0o600)
+    monkeypatch.setenv("LLMT_KEY", "e" * 32 + "\n")
+    c = cfg(f"""
+        listen: 0.0.0.0:3002
+        api_keys:
+          - {KEY}
+          - {{key: {"m" * 16}, name: roo, models: [aa]}}
+          - {{key_file: {key_file}, name: laptop}}
+          - {{key_env: LLMT_KEY}}
+        {MODELS}""")
+    assert [(k.secret, k.name, k.models) for k in c.api_keys] == [
+        (KEY, "kkkk…", None), ("m" * 16, "roo", frozenset({"a"})),
+        ("f" * 20, "laptop", None), ("g" * 24, "laptop", None), ("e" * 32, "eeee…", None)]
+    assert not c.warnings
+    assert KEY not in repr(c)  # a config printed by accident shows no key
+
+
+def test_key_file_relative_to_the_config_and_readable_by_others(tmp_path):
+    (tmp_path / "api-key").write_text(KEY + "\n")
+    (tmp_path / "api-key").chmod(0o644)
+    (tmp_path / "config.yaml").write_text(f"api_keys: [{{key_file: api-key}}]\n{MODELS}")
+    c = load(tmp_path / "config.yaml")
+    assert c.api_keys[0].secret == KEY
+    assert c.warnings == (f"api_keys[0].key_file: {tmp_path / 'api-key'} can be read by other users; chmod 600 it",)
+
+
+def test_backend_api_key_is_kept_out_of_repr():
+    c = cfg(f"models: {{a: {{unit: a.service, backend_api_key: {'b' * 20}}}}}")
+    assert c.models["a"].backend_api_key == "b" * 20
+    assert "b" * 20 not in repr(c)
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:3002", "127.0.0.2:3002", "localhost:3002", "'[::1]:3002'"])
+def test_loopback_needs_no_keys(listen):
+    assert cfg(f"listen: {listen}\n{MODELS}").api_keys == ()
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:3002", "'[::]:3002'", "192.168.1.5:3002", "myhost:3002"])
+def test_off_loopback_without_keys_is_refused_unless_allowed(listen):
+    with pytest.raises(ConfigError) as e:
+        cfg(f"listen: {listen}\n{MODELS}")
+    assert e.value.message.startswith("listen: ")
+    assert "api_keys" in e.value.message and "setup.sh --lan" in e.value.message
+    assert cfg(f"listen: {listen}\nallow_unauthenticated: true\n{MODELS}").allow_unauthenticated
+
+
+@pytest.mark.parametrize("text, message", [
+    ("api_keys: [short]", "api_keys[0].key: a key must be at least 16 characters (this one has 5)"),
+    ("api_keys: 7", "api_keys: must be a list of keys"),
+    ("api_keys: [[x]]", "api_keys[0]: must be a key or a mapping"),
+    (f"api_keys: [{{key: {KEY}, key_env: X}}]", "api_keys[0]: needs exactly one of key, key_file or key_env"),
+    ("api_keys: [{name: x}]", "api_keys[0]: needs exactly one of key, key_file or key_env"),
+    (f"api_keys: [{{key: {KEY}, colour: red}}]", "api_keys[0].colour: unknown key"),
+    (f"api_keys: [{{key: {KEY}, models: [c]}}]", "api_keys[0].models: unknown model 'c' (known: a, b)"),
+    (f"api_keys: [{{key: {KEY}, models: []}}]", "api_keys[0].models: must be a list of model names"),
+    (f"api_keys: [{{key: {KEY}, name: ''}}]", "api_keys[0].name: must be a non-empty string"),
+    (f"api_keys: [{KEY}, {'x' * 16}, {KEY}]", "api_keys[2].key: the same key as api_keys[0].key"),
+    ("api_keys: ['kkkkkkkk kkkkkkkk']", "api_keys[0].key: a key may hold printable ASCII characters only"),
+    ("api_keys: [{key_env: LLMT_NOT_SET_ANYWHERE}]",
+     "api_keys[0].key_env: environment variable LLMT_NOT_SET_ANYWHERE is not set or empty"),
+    ("api_keys: [{key_file: /nonexistent/llmt-keys}]", "api_keys[0].key_file: cannot read /nonexistent/llmt-keys"),
+    ("max_connections: 0", "max_connections: must be a positive integer"),
+    ("header_timeout: soon", "header_timeout: must be a duration"),
+    ("metrics_public: yes please", "metrics_public: must be true or false"),
+    ("models: {a: {unit: a.service, backend_api_key: 'a b'}}", "models.a.backend_api_key: must be the key"),
+])
+def test_key_errors_name_the_key_path_and_never_the_key(text, message):
+    if not text.startswith("models:"):
+        text += "\n" + MODELS
+    with pytest.raises(ConfigError) as e:
+        cfg(text)
+    assert e.value.message.startswith(message), e.value.message
+    assert KEY not in e.value.message and "short" not in e.value.message
+
+
+def test_key_file_errors_name_the_line(tmp_path):
+    (tmp_path / "keys").write_text(KEY + "\n\ntooshort\n")
+    with pytest.raises(ConfigError) as e:
+        cfg(f"api_keys: [{{key_file: {tmp_path / 'keys'}}}]\n{MODELS}")
+    assert e.value.message.startswith(f"api_keys[0].key_file ({tmp_path / 'keys'} line 3): a key must be at least 16")
+    (tmp_path / "empty").write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match=r"holds no key"):
+        cfg(f"api_keys: [{{key_file: {tmp_path / 'empty'}}}]\n{MODELS}")
 
 
 def test_prompt_cache_defaults_and_overrides(monkeypatch):

@@ -3,6 +3,8 @@
     SwitchError                  base; .status / .type / .code shape the OpenAI error body
     ├── ConfigError              config.yaml is invalid (reported at start or reload, never to a client)
     ├── BadRequest               400: body is not JSON, or `model` missing / not a string
+    ├── Unauthorized             401: no API key, or a wrong one (with WWW-Authenticate: Bearer)
+    ├── Forbidden                403: a right key, but not for this model or route
     ├── UnknownModel             404: no such model or alias (message lists the known ones)
     ├── RequestTooLarge          413: body over max_body_bytes
     ├── UnitNotFound             502: systemd knows no such unit
@@ -33,6 +35,10 @@ class SwitchError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "code": self.code}}
 
+    def headers(self) -> dict[str, str]:
+        """Response headers that go with this error."""
+        return {"Retry-After": str(int(self.retry_after))} if self.retry_after is not None else {}
+
 
 class ConfigError(SwitchError):
     code = "invalid_config"
@@ -42,6 +48,21 @@ class BadRequest(SwitchError):
     status, type, code = 400, "invalid_request_error", "invalid_request"
 
     def __init__(self, message: str, code: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Unauthorized(SwitchError):
+    status, type, code = 401, "invalid_request_error", "invalid_api_key"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(SwitchError):
+    status, type, code = 403, "invalid_request_error", "permission_denied"
+
+    def __init__(self, message: str, code: str = "permission_denied") -> None:
         super().__init__(message)
         self.code = code
 

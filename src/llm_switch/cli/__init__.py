@@ -10,6 +10,7 @@ from dataclasses import replace
 from .. import __doc__ as __package_doc__
 from .. import config as config_mod
 from ..config import Config
+from ..config.keys import check_exposure
 from ..errors import ConfigError, SwitchError
 from ..observe.logging import setup_logging
 
@@ -60,4 +61,5 @@ def load_config(explicit: str | None, listen: str | None = None) -> Config:
     if listen:
         host, port = config_mod.parse_listen(listen, "--listen")
         config = replace(config, listen_host=host, listen_port=port)
+        check_exposure(config)  # --listen off loopback needs keys as the config's listen does
     return config

@@ -27,7 +27,7 @@ def run(args) -> int:
     config, config_note = _config(getattr(args, "config", None))
     url = (getattr(args, "url", None) or _url_of(config.listen if config else DEFAULT_LISTEN)).rstrip("/")
     try:
-        status = _get_json(url + "/status")
+        status = _get_json(url + "/status", _admin_key(config))
     except OSError as e:
         print(f"llm-switch does not answer at {url}: {_reason(e)}")
         if config_note:
@@ -53,10 +53,16 @@ def _url_of(listen: str) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _get_json(url: str, timeout: float = 5.0) -> Any:
+def _admin_key(config: Config | None) -> str | None:
+    """A configured key good for /status (one without `models`), if the config has keys."""
+    return next((k.secret for k in config.api_keys if k.models is None), None) if config else None
+
+
+def _get_json(url: str, key: str | None = None, timeout: float = 5.0) -> Any:
     """GET url → JSON; OSError (URLError is one) when nothing usable answers."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as e:
         raise OSError(f"HTTP {e.code} from {url}") from None

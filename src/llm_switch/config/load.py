@@ -11,18 +11,21 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from . import keys as k
 from . import values as v
-from .types import (DEFAULT_BACKEND, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY, DEFAULT_MAX_QUEUE,
-                    DEFAULT_MAX_WAIT, DEFAULT_PROMPT_CACHE_MAX, DEFAULT_PROMPT_CACHE_MIN_TOKENS, DEFAULT_SHUTDOWN_GRACE,
+from .types import (DEFAULT_BACKEND, DEFAULT_HEADER_TIMEOUT, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY,
+                    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT, DEFAULT_PROMPT_CACHE_MAX,
+                    DEFAULT_PROMPT_CACHE_MIN_TOKENS, DEFAULT_SHUTDOWN_GRACE,
                     Config, Model, PromptCacheSettings, default_prompt_cache_dir)
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]*$")
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.service$")
 _TOP_KEYS = {"listen", "backend", "health_timeout", "max_body_bytes", "models", "memory_budget", "min_loaded",
              "idle_unload", "max_wait", "max_queue", "preload", "shutdown_grace",
-             "prompt_cache", "prompt_cache_dir", "prompt_cache_max", "prompt_cache_min_tokens"}
+             "prompt_cache", "prompt_cache_dir", "prompt_cache_max", "prompt_cache_min_tokens",
+             "api_keys", "allow_unauthenticated", "metrics_public", "max_connections", "header_timeout"}
 _MODEL_KEYS = {"unit", "cmd", "url", "aliases", "health_timeout", "repair_tool_calls", "memory", "min_loaded",
-               "idle_unload", "prompt_cache"}
+               "idle_unload", "prompt_cache", "backend_api_key"}
 
 
 def find_path(explicit: str | None) -> Path:
@@ -98,7 +101,8 @@ def parse(text: str, path: str | None = None) -> Config:
         units[model.unit] = model.name
         models[model.name] = model
 
-    return Config(
+    api_keys = k.parse_keys(raw.get("api_keys"), names, path, warnings)
+    config = Config(
         host, port, models,
         max_body_bytes=v.positive_int(raw.get("max_body_bytes", DEFAULT_MAX_BODY), "max_body_bytes"),
         path=path, warnings=tuple(warnings), names=names, memory_budget=budget,
@@ -107,7 +111,14 @@ def parse(text: str, path: str | None = None) -> Config:
         preload=_preload(raw.get("preload", []), names),
         prompt_cache=prompt_cache,
         shutdown_grace=v.duration(raw.get("shutdown_grace", DEFAULT_SHUTDOWN_GRACE), "shutdown_grace"),
+        api_keys=api_keys,
+        allow_unauthenticated=v.boolean(raw.get("allow_unauthenticated", False), "allow_unauthenticated"),
+        metrics_public=v.boolean(raw.get("metrics_public", False), "metrics_public"),
+        max_connections=v.positive_int(raw.get("max_connections", DEFAULT_MAX_CONNECTIONS), "max_connections"),
+        header_timeout=v.duration(raw.get("header_timeout", DEFAULT_HEADER_TIMEOUT), "header_timeout"),
     )
+    k.check_exposure(config)
+    return config
 
 
 def _preload(value: Any, names: dict[str, str]) -> tuple[str, ...]:
@@ -187,6 +198,7 @@ def _model(name: str, spec: Any, defaults: dict[str, Any]) -> Model:
         else defaults["idle_unload"],
         prompt_cache=v.boolean(spec["prompt_cache"], f"{key}.prompt_cache") if "prompt_cache" in spec
         else defaults["prompt_cache"],
+        backend_api_key=k.backend_api_key(spec.get("backend_api_key"), f"{key}.backend_api_key"),
     )
 
 

@@ -15,6 +15,8 @@ DEFAULT_MAX_QUEUE = 256
 DEFAULT_PROMPT_CACHE_MAX = 20 << 30
 DEFAULT_PROMPT_CACHE_MIN_TOKENS = 512
 DEFAULT_SHUTDOWN_GRACE = 30.0
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_HEADER_TIMEOUT = 10.0
 
 
 def default_prompt_cache_dir() -> str:
@@ -35,6 +37,7 @@ class Model:
     min_loaded: float | None = None  # None: 3x the last load time, at least 5 s
     idle_unload: float | None = None  # None: never unloaded for idleness
     prompt_cache: bool = True  # save the slots at stop, restore them at start (where the backend can)
+    backend_api_key: str | None = field(default=None, repr=False)  # sent as Bearer to a llama-server --api-key
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,16 @@ class PromptCacheSettings:
     dir: str
     max_bytes: int = DEFAULT_PROMPT_CACHE_MAX  # all models' files together; least recently used go first
     min_tokens: int = DEFAULT_PROMPT_CACHE_MIN_TOKENS  # shorter prompts are not saved
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One key a client may send (`Authorization: Bearer KEY` or `x-api-key: KEY`). The secret is
+    never logged or shown: `name` stands for it."""
+
+    secret: str = field(repr=False)
+    name: str  # from config, else the secret's first 4 characters
+    models: frozenset[str] | None = None  # model names it may use; None: all, and the admin routes
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,11 @@ class Config:
     preload: tuple[str, ...] = ()
     prompt_cache: PromptCacheSettings = field(default_factory=lambda: PromptCacheSettings(default_prompt_cache_dir()))
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE  # s requests in flight may finish after SIGTERM
+    api_keys: tuple[ApiKey, ...] = ()  # none: every route is open (allowed on loopback only)
+    allow_unauthenticated: bool = False  # no keys even off loopback (warned at every start)
+    metrics_public: bool = False  # /metrics without a key
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # client connections at once; more get a 503 at once
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT  # s for a request's head to arrive (and idle keep-alive)
 
     @property
     def listen(self) -> str:

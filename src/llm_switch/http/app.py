@@ -14,13 +14,15 @@ from ..observe.status import status_line
 from ..scheduling.scheduler import Scheduler
 from ..units.systemd import Systemd
 from . import admin, openai
+from .auth import require_key
 from .errors import openai_errors
 from .inflight import InFlight
 from .keys import CONFIG, INFLIGHT, SCHEDULER
 
 
 def build_app(config: Config, events: EventBus | None = None) -> web.Application:
-    app = web.Application(middlewares=[openai_errors], client_max_size=config.max_body_bytes)
+    # errors outermost: a refused key gets the same error shape as everything else
+    app = web.Application(middlewares=[openai_errors, require_key], client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[INFLIGHT] = InFlight()
     app.cleanup_ctx.append(_resources(events or EventBus()))

@@ -22,8 +22,7 @@ def error_response(status: int, message: str, type_: str, code: str,
 
 
 def switch_error_response(e: SwitchError) -> web.Response:
-    headers = {"Retry-After": str(int(e.retry_after))} if e.retry_after is not None else None
-    return error_response(e.status, e.message, e.type, e.code, headers)
+    return error_response(e.status, e.message, e.type, e.code, e.headers() or None)
 
 
 @web.middleware

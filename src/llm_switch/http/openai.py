@@ -12,6 +12,7 @@ from .. import repair
 from ..errors import ShuttingDown, UnknownModel
 from ..observe.status import model_status
 from ..scheduling.scheduler import Scheduler
+from . import auth
 from .keys import INFLIGHT, SCHEDULER
 from .proxy import model_named, read_json, switch_and_relay
 from .relay import repair_tool_calls
@@ -57,7 +58,8 @@ def _model_entry(scheduler: Scheduler, name: str) -> dict:
 
 async def list_models(request: web.Request) -> web.Response:
     scheduler = request.app[SCHEDULER]
-    return web.json_response({"object": "list", "data": [_model_entry(scheduler, n) for n in scheduler.config.models]})
+    names = auth.visible(request, scheduler.config.models)  # a key limited to some models sees those
+    return web.json_response({"object": "list", "data": [_model_entry(scheduler, n) for n in names]})
 
 
 async def get_model(request: web.Request) -> web.Response:
@@ -65,6 +67,7 @@ async def get_model(request: web.Request) -> web.Response:
     model = scheduler.config.resolve(request.match_info["model"])
     if model is None:
         raise UnknownModel.named(request.match_info["model"], scheduler.config.known())
+    auth.allow_model(request, model)
     return web.json_response(_model_entry(scheduler, model.name))
 
 

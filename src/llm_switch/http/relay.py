@@ -27,6 +27,8 @@ HOP_BY_HOP = frozenset({
 })
 # compression is pointless on loopback and would hide the bytes from tool-call repair
 _NOT_UPSTREAM = HOP_BY_HOP | {"accept-encoding"}
+# a client's key is for the switch alone: never sent on (see auth.py)
+_CLIENT_KEYS = frozenset({"authorization", "x-api-key"})
 
 # generation can take minutes; only connecting is bounded
 UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10)
@@ -42,7 +44,15 @@ class Rewrite(NamedTuple):
 
 
 def upstream_headers(request: web.Request) -> dict[str, str]:
-    return {k: v for k, v in request.headers.items() if k.lower() not in _NOT_UPSTREAM}
+    return {k: v for k, v in request.headers.items() if k.lower() not in _NOT_UPSTREAM | _CLIENT_KEYS}
+
+
+def with_backend_key(headers: dict[str, str], model: Model) -> dict[str, str]:
+    """`headers` without any client key, with the model's `backend_api_key` where it has one."""
+    out = {k: v for k, v in headers.items() if k.lower() not in _CLIENT_KEYS}
+    if model.backend_api_key:
+        out["Authorization"] = f"Bearer {model.backend_api_key}"
+    return out
 
 
 def is_event_stream(resp: aiohttp.ClientResponse) -> bool:
@@ -62,7 +72,8 @@ async def relay(request: web.Request, http: aiohttp.ClientSession, model: Model,
     url = model.url + (path or request.rel_url.path_qs)
     try:
         upstream = await http.request(request.method, url, data=body,
-                                      headers=upstream_headers(request) if send_headers is None else send_headers,
+                                      headers=with_backend_key(upstream_headers(request) if send_headers is None
+                                                               else send_headers, model),
                                       timeout=UPSTREAM_TIMEOUT)
     except aiohttp.ClientConnectorError as e:
         raise BackendGone(f"{model.name}: cannot connect to {model.url} ({e.os_error or e})") from None
