@@ -1,4 +1,5 @@
-"""`llm-switch serve | check | status`: parse arguments, load the config, set up logging, run."""
+"""`llm-switch serve | check | status | litellm-config`: parse arguments, load the config, set up logging,
+run."""
 
 from __future__ import annotations
 
@@ -30,12 +31,22 @@ def main(argv: list[str] | None = None) -> int:
     status_p = sub.add_parser("status", help="what is running, starting or failed, and the last switches")
     status_p.add_argument("--config")
     status_p.add_argument("--url", help="the switch's base URL (default: from the config's listen)")
+    litellm_p = sub.add_parser("litellm-config", help="print a LiteLLM proxy config for the models of one or "
+                                                       "more switches (one per machine)")
+    litellm_p.add_argument("--host", action="append", metavar="URL",
+                           help="a switch's URL, e.g. http://gpu-box:3002 (repeat for more; default: this "
+                                "machine's, from the config)")
+    litellm_p.add_argument("--api-key", help="the key LiteLLM sends to the switches (default: none)")
+    litellm_p.add_argument("--config")
     args = parser.parse_args(argv)
 
     setup_logging(logging.DEBUG if getattr(args, "debug", False) else logging.INFO)
     if args.command == "status":
         from . import status
         return status.run(args)
+    if args.command == "litellm-config":
+        from . import litellm
+        return litellm.run(args)
     try:
         config = load_config(args.config, getattr(args, "listen", None))
     except ConfigError as e:

@@ -13,7 +13,7 @@ from ..observe.notify import keep_status
 from ..observe.status import status_line
 from ..scheduling.scheduler import Scheduler
 from ..units.systemd import Systemd
-from . import admin, openai
+from . import admin, anthropic, native, ollama, openai
 from .auth import require_key
 from .errors import openai_errors
 from .inflight import InFlight
@@ -26,7 +26,7 @@ def build_app(config: Config, events: EventBus | None = None) -> web.Application
     app[CONFIG] = config
     app[INFLIGHT] = InFlight()
     app.cleanup_ctx.append(_resources(events or EventBus()))
-    app.add_routes(admin.ROUTES + openai.ROUTES)
+    app.add_routes(admin.ROUTES + anthropic.ROUTES + ollama.ROUTES + native.ROUTES + openai.ROUTES)
     return app
 
 

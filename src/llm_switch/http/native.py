@@ -1,0 +1,120 @@
+"""Routes beyond OpenAI's JSON ones: audio uploads (the model is a multipart form field), the
+native llama-server routes of the model named in the body, and `/upstream/{model}/…`, which
+reaches one model's own server (its /props, /slots, web UI) after switching to it."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from ..errors import BadRequest, RequestTooLarge, UnknownModel
+from .keys import SCHEDULER
+from .multipart import FieldScanner, MalformedForm, boundary_of
+from .openai import forward
+from .proxy import check_length, model_named, switch_and_relay
+from .relay import upstream_headers
+
+CHUNK = 64 * 1024
+IN_MEMORY = 1024 * 1024  # an upload read before its `model` field stays in memory up to this, then on disk
+
+
+class Upload:
+    """A request body sent on as it arrives: what was read already (`head`, spooled), then the
+    rest of the client's stream. `started` once any of it went out (a retry is then impossible)."""
+
+    def __init__(self, head: tempfile.SpooledTemporaryFile | None, request: web.Request, read: int,
+                 limit: int) -> None:
+        self.head, self.request, self.read, self.limit = head, request, read, limit
+        self.started = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self.head is not None:
+            self.head.seek(0)
+            while chunk := self.head.read(CHUNK):
+                self.started = True
+                yield chunk
+        async for chunk in self.request.content.iter_chunked(CHUNK):
+            self.read += len(chunk)
+            if self.read > self.limit:
+                raise RequestTooLarge(f"request body is larger than the limit of {self.limit} bytes "
+                                      "(max_body_bytes in config.yaml)")
+            self.started = True
+            yield chunk
+
+
+def _send_headers(request: web.Request, keep_encoding: bool = False) -> dict[str, str]:
+    headers = upstream_headers(request)
+    if keep_encoding and "Accept-Encoding" in request.headers:
+        headers["Accept-Encoding"] = request.headers["Accept-Encoding"]
+    if request.content_length is not None:
+        headers["Content-Length"] = str(request.content_length)  # sent as it came: no chunked re-encoding
+    return headers
+
+
+async def audio(request: web.Request) -> web.StreamResponse:
+    """POST /v1/audio/transcriptions and /translations: read the form only up to its `model`
+    field, then stream the whole body to that model's server."""
+    config = request.app[SCHEDULER].config
+    check_length(request, config)
+    boundary = boundary_of(request.headers.get("Content-Type", ""))
+    if boundary is None:
+        raise BadRequest(f"{request.path} takes a multipart/form-data body (with `file` and `model` fields)",
+                         "invalid_multipart")
+    scanner = FieldScanner(boundary, "model")
+    head = tempfile.SpooledTemporaryFile(max_size=IN_MEMORY)
+    read = 0
+    try:
+        while scanner.value is None and not scanner.ended:
+            chunk = await request.content.readany()
+            if not chunk:
+                break
+            read += len(chunk)
+            if read > config.max_body_bytes:
+                raise web.HTTPRequestEntityTooLarge(max_size=config.max_body_bytes, actual_size=read)
+            head.write(chunk)
+            try:
+                scanner.feed(chunk)
+            except MalformedForm as e:
+                raise BadRequest(f"malformed multipart body: {e}", "invalid_multipart") from None
+        model = model_named(config, scanner.value.strip() if scanner.value is not None else None,
+                            "a multipart form with a `model` field")
+        upload = Upload(head, request, read, config.max_body_bytes)
+        return await switch_and_relay(request, model, upload, send_headers=_send_headers(request))
+    finally:
+        head.close()
+
+
+async def upstream(request: web.Request) -> web.StreamResponse:
+    """ANY /upstream/{model}/{path}: `path` on that model's own server, byte for byte."""
+    scheduler = request.app[SCHEDULER]
+    name = request.match_info["model"]
+    model = scheduler.config.resolve(name)
+    if model is None:
+        raise UnknownModel.named(name, scheduler.config.known())
+    check_length(request, scheduler.config)
+    path = "/" + request.match_info["tail"] + (f"?{request.query_string}" if request.query_string else "")
+    body = Upload(None, request, 0, scheduler.config.max_body_bytes) if request.body_exists else b""
+    # the web UI's files are stored compressed: let them through as they are (the relay does not decompress)
+    return await switch_and_relay(request, model, body, path=path,
+                                  send_headers=_send_headers(request, keep_encoding=True))
+
+
+async def upstream_root(request: web.Request) -> web.StreamResponse:
+    """/upstream/{model} → /upstream/{model}/, so that the web UI's relative links resolve."""
+    raise web.HTTPPermanentRedirect(f"/upstream/{request.match_info['model']}/")
+
+
+# llama-server's own routes whose JSON body names the model (the OpenAI ones under /v1 are
+# forwarded by the catch-all in http/openai.py)
+NATIVE_JSON = ("/completion", "/completions", "/infill", "/tokenize", "/detokenize", "/embedding", "/embeddings",
+               "/rerank", "/reranking", "/v1/rerank", "/v1/reranking", "/v1/responses", "/apply-template")
+
+ROUTES = [
+    web.post("/v1/audio/transcriptions", audio),
+    web.post("/v1/audio/translations", audio),
+    *(web.post(path, forward) for path in NATIVE_JSON),
+    web.get("/upstream/{model}", upstream_root),
+    web.route("*", "/upstream/{model}/{tail:.*}", upstream),
+]
