@@ -43,7 +43,7 @@ def test_anthropic_sdk_create_stream_count_and_errors(deploy, tiny_models, user_
     assert events[0] == "message_start" and events[-1] == "message_stop"
     assert final.stop_reason in ("max_tokens", "end_turn")  # a random model may write its end token
     deltas = events.count("content_block_delta")
-    assert deltas >= final.usage.output_tokens - 1  # relayed event by event: one per token (the end token aside)
+    assert deltas >= final.usage.output_tokens - 2  # relayed event by event: one per token (an end token aside)
     assert user_manager.active_units(f"llama-server-{deploy.tag}@*") == [b.unit]  # the switch happened
 
     assert client.messages.count_tokens(model="a", messages=hello).input_tokens > 0
@@ -126,7 +126,8 @@ def test_ollama_client_chat_stream_generate_embed_list_ps(deploy, tiny_models, u
 
     parts = list(client.chat(model="b:latest", messages=hello, stream=True, options={"num_predict": 12}))
     assert parts[-1].done and not any(p.done for p in parts[:-1])
-    assert parts[-1].eval_count and len(parts) >= parts[-1].eval_count  # a line per token, as they come
+    # a line per token as they come (an end token, or one that is no text, has none)
+    assert parts[-1].eval_count and len(parts) >= parts[-1].eval_count - 2
     assert parts[-1].done_reason in ("length", "stop")  # a random model may write its end token
     assert active() == [b.unit]
 
