@@ -43,6 +43,16 @@ class Backends:
 
     def __init__(self) -> None:
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._keys: dict[str, str] = {}
+
+    def use_keys(self, keys: dict[str, str]) -> None:
+        """The `backend_api_key` of each backend URL that has one, sent on the switch's own calls
+        (/v1/models, /props, /slots; /health needs none)."""
+        self._keys = dict(keys)
+
+    def _auth(self, url: str) -> dict[str, str] | None:
+        key = self._keys.get(url)
+        return {"Authorization": f"Bearer {key}"} if key else None
 
     def session(self, url: str) -> aiohttp.ClientSession:
         session = self._sessions.get(url)
@@ -74,7 +84,8 @@ class Backends:
     async def model_ids(self, url: str, timeout: float = 5.0) -> set[str] | None:
         """The model ids `url`/v1/models lists (llama-server: its --alias), or None when it does not tell."""
         try:
-            async with self.session(url).get(f"{url}/v1/models", timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            async with self.session(url).get(f"{url}/v1/models", headers=self._auth(url),
+                                             timeout=aiohttp.ClientTimeout(total=timeout)) as r:
                 data = await r.json(content_type=None)
             return {str(m.get("id")) for m in data.get("data", []) if isinstance(m, dict)}
         except (*_QUIET, ValueError, AttributeError, RecursionError):
@@ -98,7 +109,7 @@ class Backends:
         body = {"filename": filename} if filename is not None else {}
         try:
             async with self.session(url).post(f"{url}/slots/{slot}", params={"action": action}, json=body,
-                                              timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                                              headers=self._auth(url), timeout=aiohttp.ClientTimeout(total=timeout)) as r:
                 try:
                     data = await r.json(content_type=None)
                 except ValueError:
@@ -109,7 +120,8 @@ class Backends:
 
     async def _get_json(self, url: str, path: str, timeout: float) -> Any:
         try:
-            async with self.session(url).get(url + path, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            async with self.session(url).get(url + path, headers=self._auth(url),
+                                             timeout=aiohttp.ClientTimeout(total=timeout)) as r:
                 return await r.json(content_type=None) if r.status == 200 else None
         except (*_QUIET, ValueError, RecursionError):
             return None

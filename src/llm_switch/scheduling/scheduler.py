@@ -53,6 +53,7 @@ class Scheduler:
         self.gpu = Gpu()
         self.prompt_cache = PromptCache(lambda: self.config.prompt_cache, backends)
         self.models: dict[str, ModelRuntime] = {name: self._runtime(m) for name, m in config.models.items()}
+        backends.use_keys(_backend_keys(config))
         self.switches: deque[SwitchDone] = deque(maxlen=20)
         self._queue: list[_Ticket] = []
         self._hold: frozenset[str] = frozenset()
@@ -75,15 +76,16 @@ class Scheduler:
     # -- requests -----------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def use(self, model: Model) -> AsyncIterator[ModelRuntime]:
-        """Hold `model` running while the body runs: switch to it if needed, count it in flight."""
-        runtime = await self.acquire(model.name)
+    async def use(self, model: Model, on_wait: Callable[[], None] | None = None) -> AsyncIterator[ModelRuntime]:
+        """Hold `model` running while the body runs: switch to it if needed, count it in flight.
+        `on_wait()` is called once if the request has to wait (for a load, or for its turn)."""
+        runtime = await self.acquire(model.name, on_wait)
         try:
             yield runtime
         finally:
             self.release(runtime)
 
-    async def acquire(self, name: str) -> ModelRuntime:
+    async def acquire(self, name: str, on_wait: Callable[[], None] | None = None) -> ModelRuntime:
         runtime = self.models.get(name)
         if runtime is None:
             raise UnknownModel.named(name, self.config.known())
@@ -99,6 +101,8 @@ class Scheduler:
         self._queue.append(ticket)
         runtime.waiting += 1
         self._schedule()
+        if on_wait is not None and not ticket.admitted.done():
+            on_wait()
         try:
             await asyncio.wait([ticket.admitted], timeout=self.config.max_wait)
         except asyncio.CancelledError:
@@ -125,6 +129,15 @@ class Scheduler:
                 runtime.waiting -= 1
             ticket.admitted.cancel()
             self._schedule()
+
+    def queue_position(self, name: str) -> int | None:
+        """1 when `name`'s waiting requests are served next, 2 after one other model's, …; None
+        when none of its requests wait."""
+        order: list[str] = []
+        for t in self._queue:
+            if t.model not in order:
+                order.append(t.model)
+        return order.index(name) + 1 if name in order else None
 
     def _retry_after(self) -> float:
         loads = [r.load_s for r in self.models.values() if r.load_s]
@@ -344,6 +357,7 @@ class Scheduler:
                 else:
                     self.models[name] = self._runtime(model)
             self.config = new
+            self.backends.use_keys(_backend_keys(new))
             log.info("config reloaded from %s: %d models%s", new.path, len(new.models),
                      f"; stopped {', '.join(r.name for r in running)}" if running else "")
 
@@ -399,3 +413,7 @@ class Scheduler:
             self._op.cancel()
             with contextlib.suppress(BaseException):
                 await self._op
+
+
+def _backend_keys(config: Config) -> dict[str, str]:
+    return {m.url: m.backend_api_key for m in config.models.values() if m.backend_api_key}
