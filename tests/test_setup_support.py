@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -132,18 +133,25 @@ def tree_state(*roots: Path) -> dict[str, tuple]:
 
 def free_backend_port(avoid: int) -> int:
     """A port P for setup.sh's --backend-port: P and P + 1 (bge-m3's own port) were both free
-    a moment ago, and neither is ``avoid`` (the --listen port)."""
-    for _ in range(100):
+    a moment ago, and neither is ``avoid`` (the --listen port).
+
+    Taken below the kernel's ephemeral range: there bind(0) hands out odd ports and connect()
+    takes even ones as source ports, so the P + 1 of a port from bind(0) is just what the
+    switch's own connections use, and bge-m3 could find it taken."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    top = low - 1 if low > 12000 else 65535
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10000, top - 1)
+        if avoid in (port, port + 1):
+            continue
         with socket.socket() as first, socket.socket() as second:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            if port >= 65535 or avoid in (port, port + 1):
-                continue
             try:
+                first.bind(("127.0.0.1", port))
                 second.bind(("127.0.0.1", port + 1))
             except OSError:
                 continue
-            return port
+        return port
     raise harness.HarnessError("found no two adjacent free ports")
 
 
