@@ -4,7 +4,8 @@
 #
 # The tests run real parts: a private `systemd --user` on its own D-Bus (systemd,
 # dbus-user-session, util-linux's unshare/nsenter), real llama-server processes from the pinned test
-# wheel (needs libgomp1), the npm `openai` package under Node, tiny GGUF models made on the fly.
+# wheel (needs libgomp1), the npm `openai` package under Node, tiny GGUF models made on the fly,
+# and a headless Chromium for the web page.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,7 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)  # setup
 ldconfig -p 2>/dev/null | grep -q 'libgomp\.so\.1' || need+=(libgomp1)
 command -v curl >/dev/null || need+=(curl)  # setup.sh --demo prints curl commands the tests run
 if [ -f tests/node/package.json ] && ! command -v npm >/dev/null; then need+=(nodejs npm); fi
+command -v chromium >/dev/null || need+=(chromium)  # the web page's tests drive it (tests/cdp.py)
 
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup-host: installing ${need[*]}"

@@ -20,7 +20,7 @@ async def test_stream_is_relayed_chunk_by_chunk_not_buffered(deploy):
     chunks, interval = 6, 0.5
     s = deploy.scripted_unit("s", {"routes": {"/v1/chat/completions": {
         "sse": {"repeat": delta(), "count": chunks}, "interval": interval}}})
-    daemon = deploy.up({"s": {"unit": s.unit, "url": s.url}})
+    daemon = deploy.up({"s": {"unit": s.unit, "url": s.url}}, loading_progress="off")  # the relayed bytes alone
     received: list[tuple[float, str]] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=180)) as http:
         async with http.post(daemon.url + "/v1/chat/completions",
@@ -60,7 +60,7 @@ async def test_client_disconnect_mid_stream_closes_the_upstream(deploy):
     count, interval = 100, 0.2  # 20 s if nobody stops it
     s = deploy.scripted_unit("s", {"routes": {"/v1/chat/completions": {
         "sse": {"repeat": delta(), "count": count}, "interval": interval}}})
-    daemon = deploy.up({"s": {"unit": s.unit, "url": s.url}})
+    daemon = deploy.up({"s": {"unit": s.unit, "url": s.url}}, loading_progress="off")  # the relayed bytes alone
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=180)) as http:
         resp = await http.post(daemon.url + "/v1/chat/completions",
                                json=chat_body("s", stream=True))
@@ -87,7 +87,7 @@ async def test_client_disconnect_mid_stream_closes_the_upstream(deploy):
 async def test_stalled_upstream_is_closed_when_the_client_gives_up(deploy):
     s = deploy.scripted_unit("s", {"routes": {"/v1/chat/completions": {
         "sse": [delta("0")], "done": False, "then": "stall"}}})
-    daemon = deploy.up({"s": {"unit": s.unit, "url": s.url}})
+    daemon = deploy.up({"s": {"unit": s.unit, "url": s.url}}, loading_progress="off")  # the relayed bytes alone
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=180)) as http:
         async with http.post(daemon.url + "/v1/chat/completions",
                              json=chat_body("s", stream=True)) as resp:

@@ -137,7 +137,8 @@ async def test_long_stream_on_a_is_not_cut_when_b_is_requested(deploy, user_mana
                 "count": chunks},
         "interval": 0.25}}})
     b = deploy.scripted_unit("b", {"routes": {"*": {"json": {"from": "b"}}}})
-    daemon = deploy.up({"a": {"unit": a.unit, "url": a.url}, "b": {"unit": b.unit, "url": b.url}})
+    daemon = deploy.up({"a": {"unit": a.unit, "url": a.url}, "b": {"unit": b.unit, "url": b.url}},
+                       loading_progress="off")  # the relayed bytes alone
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=180)) as http:
         first_chunk = asyncio.Event()
@@ -278,7 +279,8 @@ async def test_unload_stops_after_draining(deploy, user_manager):
         "sse": {"repeat": {"choices": [{"index": 0, "delta": {"content": "x"}}]}, "count": 8},
         "interval": 0.25}}})
     b = deploy.scripted_unit("b", {"routes": {"*": {"json": {"from": "b"}}}})
-    daemon = deploy.up({"a": {"unit": a.unit, "url": a.url}, "b": {"unit": b.unit, "url": b.url}})
+    daemon = deploy.up({"a": {"unit": a.unit, "url": a.url}, "b": {"unit": b.unit, "url": b.url}},
+                       loading_progress="off")  # the relayed bytes alone
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=180)) as http:
         got_first = asyncio.Event()
 

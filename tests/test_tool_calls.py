@@ -398,7 +398,7 @@ def test_repair_off_is_byte_transparent(deploy):
     b = deploy.scripted_unit("on", {"routes": {"/v1/chat/completions": [
         sse_step(plain, "m2"), sse_step(angled, "m2")]}})
     daemon = deploy.up({"off": {"unit": a.unit, "url": a.url, "repair_tool_calls": False},
-                        "on": {"unit": b.unit, "url": b.url}})
+                        "on": {"unit": b.unit, "url": b.url}}, loading_progress="off")  # the relayed bytes alone
     url = daemon.url + "/v1/chat/completions"
     history = {"messages": broken_history(), "tools": TOOLS}
 

@@ -50,7 +50,30 @@ class MemoryMeasured:
     vram: int | None  # from NVML, where there is an NVIDIA GPU
 
 
-Event = StateChanged | SwitchDone | LoadProgress | MemoryMeasured
+@dataclass(frozen=True)
+class RequestDone:
+    """One request the switch answered: published by the HTTP layer once its answer is complete."""
+
+    model: str | None  # the configured model it named; None for routes without one
+    route: str
+    status: int
+    seconds: float  # the whole request, waiting for the model included
+    first_byte_s: float | None = None  # until the backend's first byte of the answer reached the switch
+    waited_s: float = 0.0  # for its model (a load or its turn in the queue)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    prompt_tps: float | None = None  # prompt processing, tokens/s (llama-server's timings)
+    generation_tps: float | None = None  # generation, tokens/s
+    at: float = 0.0  # unix time it ended
+    repaired: int = 0  # tool calls repaired (request history and answer)
+    prompt_s: float | None = None  # llama-server's timings: prompt processing
+    generation_s: float | None = None  # and generation
+
+    def as_json(self) -> dict:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+Event = StateChanged | SwitchDone | LoadProgress | MemoryMeasured | RequestDone
 
 
 class EventBus:

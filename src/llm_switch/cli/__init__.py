@@ -1,5 +1,5 @@
-"""`llm-switch serve | check | status | litellm-config`: parse arguments, load the config, set up logging,
-run."""
+"""`llm-switch serve | check | status | load | unload | logs | litellm-config`: parse arguments, load the
+config, set up logging, run."""
 
 from __future__ import annotations
 
@@ -31,6 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     status_p = sub.add_parser("status", help="what is running, starting or failed, and the last switches")
     status_p.add_argument("--config")
     status_p.add_argument("--url", help="the switch's base URL (default: from the config's listen)")
+    for name, what in (("load", "start a model (through the queue, as a request would) and wait until it is ready"),
+                       ("unload", "stop a model after its requests finish"),
+                       ("logs", "a model's log: its unit's journal lines")):
+        control_p = sub.add_parser(name, help=what)
+        control_p.add_argument("model")
+        control_p.add_argument("--config")
+        control_p.add_argument("--url", help="the switch's base URL (default: from the config's listen)")
+        if name == "logs":
+            control_p.add_argument("-f", "--follow", action="store_true", help="print new lines as they come")
+            control_p.add_argument("-n", "--lines", type=int, default=100, help="how many past lines (default 100)")
     litellm_p = sub.add_parser("litellm-config", help="print a LiteLLM proxy config for the models of one or "
                                                        "more switches (one per machine)")
     litellm_p.add_argument("--host", action="append", metavar="URL",
@@ -44,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "status":
         from . import status
         return status.run(args)
+    if args.command in ("load", "unload", "logs"):
+        from . import control
+        return control.run(args)
     if args.command == "litellm-config":
         from . import litellm
         return litellm.run(args)

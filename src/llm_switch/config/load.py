@@ -15,17 +15,17 @@ from . import keys as k
 from . import values as v
 from .types import (DEFAULT_BACKEND, DEFAULT_HEADER_TIMEOUT, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY,
                     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT, DEFAULT_PROMPT_CACHE_MAX,
-                    DEFAULT_PROMPT_CACHE_MIN_TOKENS, DEFAULT_SHUTDOWN_GRACE,
+                    DEFAULT_PROMPT_CACHE_MIN_TOKENS, DEFAULT_SHUTDOWN_GRACE, LOADING_PROGRESS,
                     Config, Model, PromptCacheSettings, default_prompt_cache_dir)
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]*$")
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.service$")
 _TOP_KEYS = {"listen", "backend", "health_timeout", "max_body_bytes", "models", "memory_budget", "min_loaded",
              "idle_unload", "max_wait", "max_queue", "preload", "shutdown_grace",
-             "prompt_cache", "prompt_cache_dir", "prompt_cache_max", "prompt_cache_min_tokens",
+             "prompt_cache", "prompt_cache_dir", "prompt_cache_max", "prompt_cache_min_tokens", "loading_progress",
              "api_keys", "allow_unauthenticated", "metrics_public", "max_connections", "header_timeout"}
 _MODEL_KEYS = {"unit", "cmd", "url", "aliases", "health_timeout", "repair_tool_calls", "memory", "min_loaded",
-               "idle_unload", "prompt_cache", "backend_api_key"}
+               "idle_unload", "prompt_cache", "backend_api_key", "loading_progress"}
 
 
 def find_path(explicit: str | None) -> Path:
@@ -72,6 +72,8 @@ def parse(text: str, path: str | None = None) -> Config:
         "min_loaded": v.duration(raw["min_loaded"], "min_loaded") if "min_loaded" in raw else None,
         "idle_unload": v.optional_duration(raw.get("idle_unload", "off"), "idle_unload"),
         "prompt_cache": v.boolean(raw.get("prompt_cache", True), "prompt_cache"),
+        "loading_progress": v.one_of(raw.get("loading_progress", "reasoning"), "loading_progress",
+                                     LOADING_PROGRESS),
     }
     prompt_cache = PromptCacheSettings(
         dir=v.directory(raw["prompt_cache_dir"], "prompt_cache_dir") if "prompt_cache_dir" in raw
@@ -199,6 +201,8 @@ def _model(name: str, spec: Any, defaults: dict[str, Any]) -> Model:
         prompt_cache=v.boolean(spec["prompt_cache"], f"{key}.prompt_cache") if "prompt_cache" in spec
         else defaults["prompt_cache"],
         backend_api_key=k.backend_api_key(spec.get("backend_api_key"), f"{key}.backend_api_key"),
+        loading_progress=v.one_of(spec["loading_progress"], f"{key}.loading_progress", LOADING_PROGRESS)
+        if "loading_progress" in spec else defaults["loading_progress"],
     )
 
 

@@ -15,6 +15,7 @@ DEFAULT_MAX_QUEUE = 256
 DEFAULT_PROMPT_CACHE_MAX = 20 << 30
 DEFAULT_PROMPT_CACHE_MIN_TOKENS = 512
 DEFAULT_SHUTDOWN_GRACE = 30.0
+LOADING_PROGRESS = ("reasoning", "comment", "off")  # what a waiting streamed chat completion is sent
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_HEADER_TIMEOUT = 10.0
 
@@ -37,6 +38,7 @@ class Model:
     min_loaded: float | None = None  # None: 3x the last load time, at least 5 s
     idle_unload: float | None = None  # None: never unloaded for idleness
     prompt_cache: bool = True  # save the slots at stop, restore them at start (where the backend can)
+    loading_progress: str = "reasoning"  # one of LOADING_PROGRESS (http/progress.py)
     backend_api_key: str | None = field(default=None, repr=False)  # sent as Bearer to a llama-server --api-key
 
 

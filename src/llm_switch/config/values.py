@@ -94,6 +94,14 @@ def directory(value: Any, key: str) -> str:
     return os.path.normpath(path)
 
 
+def one_of(value: Any, key: str, choices: tuple[str, ...]) -> str:
+    if value is False and "off" in choices:
+        return "off"  # YAML 1.1 reads a bare `off` as false
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(choices)} (got {value!r})")
+    return value
+
+
 def boolean(value: Any, key: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{key}: must be true or false (got {value!r})")

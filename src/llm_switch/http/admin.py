@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import UnknownModel
-from ..observe import status
+from ..observe import metrics, status
 from ..scheduling.scheduler import Scheduler
-from .keys import SCHEDULER
+from .keys import METRICS, SCHEDULER
 
 
 def _model_name(scheduler: Scheduler, request: web.Request) -> str:
@@ -42,8 +42,14 @@ async def unload(request: web.Request) -> web.Response:
     return web.json_response({"unloaded": await scheduler.unload(names)})
 
 
+async def metrics_text(request: web.Request) -> web.Response:
+    """Prometheus' text format (`metrics_public: true` opens it to scrapers without a key)."""
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
 ROUTES = [
     web.get("/health", health),
+    web.get("/metrics", metrics_text),
     web.get("/running", running),
     web.get("/status", status_report),
     web.post("/load/{model}", load),

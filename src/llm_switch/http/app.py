@@ -9,24 +9,33 @@ from aiohttp import web
 from ..backends.llama_server import Backends
 from ..config import Config
 from ..events import EventBus
+from ..observe.metrics import Metrics, observe_requests
 from ..observe.notify import keep_status
 from ..observe.status import status_line
 from ..scheduling.scheduler import Scheduler
 from ..units.systemd import Systemd
-from . import admin, anthropic, native, ollama, openai
+from . import admin, anthropic, logs, native, ollama, openai, ui
 from .auth import require_key
 from .errors import openai_errors
 from .inflight import InFlight
-from .keys import CONFIG, INFLIGHT, SCHEDULER
+from .keys import CONFIG, INFLIGHT, METRICS, SCHEDULER
 
 
 def build_app(config: Config, events: EventBus | None = None) -> web.Application:
-    # errors outermost: a refused key gets the same error shape as everything else
-    app = web.Application(middlewares=[openai_errors, require_key], client_max_size=config.max_body_bytes)
+    events = events or EventBus()
+    # observed outermost (it sees every answer's status), then errors: a refused key gets the same
+    # error shape as everything else
+    app = web.Application(middlewares=[observe_requests(lambda: events), openai_errors, require_key],
+                          client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[INFLIGHT] = InFlight()
-    app.cleanup_ctx.append(_resources(events or EventBus()))
-    app.add_routes(admin.ROUTES + anthropic.ROUTES + ollama.ROUTES + native.ROUTES + openai.ROUTES)
+    app[METRICS] = Metrics(events, lambda: app.get(SCHEDULER))
+    app[logs.LIVE] = set()
+    ui.attach(app, events)
+    app.on_shutdown.append(logs.end_live_streams)
+    app.cleanup_ctx.append(_resources(events))
+    app.add_routes(admin.ROUTES + logs.ROUTES + ui.ROUTES + anthropic.ROUTES + ollama.ROUTES + native.ROUTES
+                   + openai.ROUTES)
     return app
 
 

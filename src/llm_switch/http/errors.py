@@ -16,7 +16,7 @@ from .keys import CONFIG
 log = logging.getLogger(__name__)
 
 ROUTES_HINT = ("the switch serves /v1/* for models, /v1/models, /api/* (Ollama), /upstream/{model}/…, "
-               "/health, /running, /status, /load, /unload")
+               "/health, /running, /status, /load, /unload, /logs/{model}, /metrics, /ui")
 
 
 ANTHROPIC_PATHS = frozenset({"/v1/messages", "/v1/messages/count_tokens"})

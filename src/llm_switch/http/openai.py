@@ -13,7 +13,9 @@ from ..errors import ShuttingDown, UnknownModel
 from ..observe.status import model_status
 from ..scheduling.scheduler import Scheduler
 from . import auth
+from ..observe.metrics import observed
 from .keys import INFLIGHT, SCHEDULER
+from .progress import progress_for
 from .proxy import model_named, read_json, switch_and_relay
 from .relay import repair_tool_calls
 
@@ -39,14 +41,22 @@ async def _forward(request: web.Request) -> web.StreamResponse:
     body, payload = await read_json(request)
     model = model_named(config, payload.get("model") if isinstance(payload, dict) else None)
 
+    obs = observed(request)
+    if obs is not None:
+        obs.model = model.name
+    chat = request.path.endswith("/chat/completions")
     transform = None
-    if model.repair_tool_calls and request.path.endswith("/chat/completions"):
+    if model.repair_tool_calls and chat:
         if names := repair.repair_request(payload):
             log.info("%s: repaired the arguments of %d tool call(s) in the request history: %s",
                      model.name, len(names), ", ".join(names))
             body = json.dumps(payload, ensure_ascii=False).encode()
-        transform = repair_tool_calls(model, tools_offered=bool(payload.get("tools")))
-    return await switch_and_relay(request, model, body, transform)
+            if obs is not None:
+                obs.repaired += len(names)
+        transform = repair_tool_calls(model, tools_offered=bool(payload.get("tools")),
+                                      on_repair=obs.repaired_more if obs is not None else None)
+    progress = progress_for(request, model, payload, chat)
+    return await progress.guard(switch_and_relay(request, model, body, progress.transform(transform), progress))
 
 
 def _model_entry(scheduler: Scheduler, name: str) -> dict:

@@ -54,16 +54,22 @@ def model_named(config: Config, name: Any, where: str = "a JSON object with a st
 
 
 async def switch_and_relay(request: web.Request, model: Model, body: bytes | AsyncIterable[bytes],
-                           transform: Transform | None = None, **relay_args: Any) -> web.StreamResponse:
+                           transform: Transform | None = None, progress: Any = None,
+                           **relay_args: Any) -> web.StreamResponse:
     """Hold `model` running (switching to it if needed) while `relay` sends it the request.
 
     A refused connection to a unit stopped behind the switch's back starts it again, once. A
-    streamed body is retried only if none of it was sent (`Upload.started`)."""
+    streamed body is retried only if none of it was sent (`Upload.started`). `progress` (an
+    http.progress.Progress) is told when the request waits and hands the stream it opened to the
+    relay."""
     allow_model(request, model)  # 403 before anything switches, for a key limited to other models
     scheduler = request.app[SCHEDULER]
     session = scheduler.backends.session
+    on_wait = progress.on_wait if progress is not None else None
     try:
-        async with scheduler.use(model):
+        async with scheduler.use(model, on_wait):
+            if progress is not None:
+                relay_args["prepared"] = await progress.ready()
             return await relay(request, session(model.url), model, body, transform, **relay_args)
     except BackendGone:
         if getattr(body, "started", False):
@@ -72,5 +78,7 @@ async def switch_and_relay(request: web.Request, model: Model, body: bytes | Asy
         if not await scheduler.forget_if_stopped(scheduler.models[model.name]):
             raise
         log.info("%s: %s was stopped outside the switch; starting it again", model.name, model.unit)
-        async with scheduler.use(model):
+        async with scheduler.use(model, on_wait):
+            if progress is not None:
+                relay_args["prepared"] = await progress.ready()
             return await relay(request, session(model.url), model, body, transform, **relay_args)

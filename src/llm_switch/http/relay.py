@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+from collections import deque
 from collections.abc import AsyncIterable, Callable
 from typing import NamedTuple
 
@@ -15,7 +17,8 @@ from aiohttp import web
 from .. import repair
 from ..config import Model
 from ..errors import BackendGone, BackendUnreachable, ShuttingDown
-from .errors import in_band_error
+from ..observe.metrics import observed
+from .errors import error_body, in_band_error
 from .keys import INFLIGHT
 
 log = logging.getLogger(__name__)
@@ -62,13 +65,21 @@ def is_event_stream(resp: aiohttp.ClientResponse) -> bool:
 async def relay(request: web.Request, http: aiohttp.ClientSession, model: Model,
                 body: bytes | AsyncIterable[bytes],
                 transform: Callable[[aiohttp.ClientResponse], Rewrite | None] | None = None,
-                *, path: str | None = None, send_headers: dict[str, str] | None = None) -> web.StreamResponse:
+                *, path: str | None = None, send_headers: dict[str, str] | None = None,
+                prepared: web.StreamResponse | None = None) -> web.StreamResponse:
     """Send `body` (bytes, or chunks streamed as they come) to the model's backend and relay the
     answer chunk by chunk.
 
     `transform` may rewrite a successful answer on the way (tool-call repair, a translation): an
     event stream chunk by chunk, any other body whole. Without it the relay is byte-transparent.
-    `path` (with query) replaces the request's, `send_headers` the headers sent upstream."""
+    `path` (with query) replaces the request's, `send_headers` the headers sent upstream.
+    `prepared` is an event stream already sent to the client (loading progress): the answer's
+    events follow in it, and a backend's error becomes an error event."""
+    obs = observed(request)
+    if obs is not None:
+        obs.model = model.name
+        if obs.wait_began is not None:
+            obs.waited_s = time.monotonic() - obs.wait_began
     url = model.url + (path or request.rel_url.path_qs)
     try:
         upstream = await http.request(request.method, url, data=body,
@@ -83,28 +94,48 @@ async def relay(request: web.Request, http: aiohttp.ClientSession, model: Model,
     async with upstream:
         rewrite = transform(upstream) if transform else None
         headers = [(k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP]
+        if obs is not None and obs.waited_s:
+            headers.append(("X-LLM-Switch-Waited-Seconds", f"{obs.waited_s:.2f}"))
         if rewrite and rewrite.content_type:
             headers = [(k, v) for k, v in headers if k.lower() != "content-type"]
             headers.append(("Content-Type", rewrite.content_type))
+        if prepared is not None and (upstream.status != 200 or not is_event_stream(upstream)):
+            return await _error_in_stream(request, prepared, model, upstream)
         if rewrite and not is_event_stream(upstream):
             try:
                 whole = await upstream.read()
             except (aiohttp.ClientError, TimeoutError) as e:
                 raise BackendUnreachable(f"{model.name}: the backend broke off its answer ({e})") from None
+            if obs is not None:
+                obs.first_byte = time.monotonic()
+                if upstream.status == 200 and (usage := obs.answered(model.name, whole[-8192:])) is not None:
+                    headers.extend(usage.headers().items())
             return web.Response(status=upstream.status, reason=upstream.reason, headers=headers,
                                 body=rewrite.feed(whole) + rewrite.close())
 
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-        if "Content-Length" in upstream.headers and rewrite is None:
-            response.content_length = int(upstream.headers["Content-Length"])
-        await response.prepare(request)
+        if prepared is not None:
+            response = prepared
+        else:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+            if "Content-Length" in upstream.headers and rewrite is None:
+                response.content_length = int(upstream.headers["Content-Length"])
+            await response.prepare(request)
+        last: deque[bytes] = deque(maxlen=4)  # the answer's last chunks: its usage and timings are there
+        first = 0.0
         try:
             async for chunk in upstream.content.iter_any():
+                if not last:
+                    first = time.monotonic()
+                last.append(chunk)
                 out = rewrite.feed(chunk) if rewrite else chunk
                 if out:
                     await response.write(out)
             if rewrite and (tail := rewrite.close()):
                 await response.write(tail)
+            if obs is not None and last:
+                obs.first_byte = first
+                if upstream.status == 200:
+                    obs.answered(model.name, b"".join(last), time.monotonic() - first)
         except asyncio.CancelledError:
             if not request.app[INFLIGHT].stopping:
                 raise  # the client left
@@ -139,9 +170,35 @@ async def relay(request: web.Request, http: aiohttp.ClientSession, model: Model,
         return response
 
 
-def repair_tool_calls(model: Model, tools_offered: bool) -> Callable[[aiohttp.ClientResponse], Rewrite | None]:
+async def _error_in_stream(request: web.Request, response: web.StreamResponse, model: Model,
+                           upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+    """The backend answered an error (or no event stream) after the client's stream had begun:
+    one OpenAI-shaped error event, with the backend's own error where it sent one."""
+    try:
+        raw = await upstream.read()
+    except (aiohttp.ClientError, TimeoutError) as e:
+        raw = f"the backend broke off its answer ({e})".encode()
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        body = None
+    if not (isinstance(body, dict) and isinstance(body.get("error"), dict)):
+        text = raw.decode("utf-8", "replace")[:2000]
+        body = error_body(request.path, 502, f"{model.name}: the backend answered {upstream.status} "
+                          f"{upstream.reason or ''}: {text}".rstrip(": "), "server_error", "backend_error")
+    log.warning("%s: backend answered %d after the stream had begun; sent as an error event", model.name,
+                upstream.status)
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await response.write(b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n")
+        await response.write_eof()
+    return response
+
+
+def repair_tool_calls(model: Model, tools_offered: bool,
+                      on_repair: Callable[[int], None] | None = None) -> Callable[[aiohttp.ClientResponse], Rewrite | None]:
     """A `transform` for `relay` that repairs tool calls in a successful chat completion: streamed
-    (text flows at once, each call's arguments are sent whole once complete) or not."""
+    (text flows at once, each call's arguments are sent whole once complete) or not. `on_repair(n)`
+    is told how many calls were repaired."""
 
     def transform(upstream: aiohttp.ClientResponse) -> Rewrite | None:
         if upstream.status != 200:
@@ -151,7 +208,7 @@ def repair_tool_calls(model: Model, tools_offered: bool) -> Callable[[aiohttp.Cl
 
             def close_stream() -> bytes:
                 tail = stream.close()
-                _log_repairs(model, stream.repaired, "stream")
+                _log_repairs(model, stream.repaired, "stream", on_repair)
                 return tail
 
             return Rewrite(stream.feed, close_stream)
@@ -170,7 +227,7 @@ def repair_tool_calls(model: Model, tools_offered: bool) -> Callable[[aiohttp.Cl
             if not isinstance(body, dict):
                 return bytes(held)
             names = repair.repair_completion(body, tools_offered)
-            _log_repairs(model, names, "answer")
+            _log_repairs(model, names, "answer", on_repair)
             return json.dumps(body, ensure_ascii=False).encode()
 
         return Rewrite(lambda chunk: held.extend(chunk) or b"", close_body)
@@ -178,7 +235,9 @@ def repair_tool_calls(model: Model, tools_offered: bool) -> Callable[[aiohttp.Cl
     return transform
 
 
-def _log_repairs(model: Model, names: list[str], where: str) -> None:
+def _log_repairs(model: Model, names: list[str], where: str, on_repair: Callable[[int], None] | None = None) -> None:
+    if names and on_repair is not None:
+        on_repair(len(names))
     if names:
         log.info("%s: repaired the arguments of %d tool call(s) in the %s: %s",
                  model.name, len(names), where, ", ".join(names))

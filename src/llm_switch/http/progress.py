@@ -1,0 +1,266 @@
+"""Loading progress: a streamed request that has to wait for its model (a load, or its turn in the
+queue) gets its event stream opened at once and is told what it waits for.
+
+- `reasoning` (the default for chat completions): well-formed `chat.completion.chunk` events
+  whose delta carries the progress in `reasoning_content`, so clients that show thinking (Open
+  WebUI, Roo Code) show it there and never as answer text. The answer's own chunks follow in the
+  same stream with the same `id`, `created` and `model`.
+- `comment`: SSE comment lines (`: loading coder … 12 s`), which every client ignores; what any
+  other streamed route gets while it waits, whatever the setting.
+- `off`: nothing until the answer (chat completions only).
+
+What it says: the position in the queue; which model is stopping (and whether its requests are
+still finishing); the load's phase where llama-server logs one (its journal lines: model file,
+tensors, KV cache, warm-up), else the seconds so far; then "ready in N s". A line goes out when
+that changes, else every REPEAT seconds. A start that fails ends the stream with an OpenAI-shaped
+`data: {"error": …}` event. Requests that need not wait, and requests that are not streamed, are
+untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from ..config import Model
+from ..errors import ShuttingDown, SwitchError
+from ..events import LoadProgress, StateChanged
+from ..observe.metrics import observed
+from ..repair.sse import Event, SSEParser, format_event
+from ..scheduling.policy import State
+from ..units.journal import journal_tail, load_phase
+from .errors import in_band_error
+from .keys import INFLIGHT, SCHEDULER
+from .relay import Rewrite, is_event_stream
+
+log = logging.getLogger(__name__)
+
+TICK = 1.0  # s between looks at what the request waits for
+REPEAT = 5.0  # s: the same line again after this long (the seconds so far), a keep-alive too
+_JOURNAL_EVERY = 1.0  # s: a loading unit's journal is read at most this often (for all streams)
+_journal_seen: dict[str, tuple[float, str | None]] = {}  # unit → (when read, the phase it showed)
+
+
+class Progress:
+    """One streamed request's progress; `on_wait` goes to `Scheduler.use`, `ready()` hands the
+    opened stream to the relay (None when the request never waited)."""
+
+    def __init__(self, request: web.Request, model: Model, mode: str, name: str) -> None:
+        self.request, self.model, self.mode, self.name = request, model, mode, name
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.response: web.StreamResponse | None = None
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._since = 0.0
+        self._sent_role = False
+
+    @property
+    def started(self) -> bool:
+        return self.response is not None
+
+    # -- for switch_and_relay ---------------------------------------------------------------------
+
+    def on_wait(self) -> None:
+        if (obs := observed(self.request)) is not None:
+            obs.waiting()
+        if self.mode == "off" or (self._task is not None and not self._task.done()):
+            return
+        self._since = time.monotonic()
+        self._stopping = False
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"llm-switch progress ({self.model.name})")
+
+    async def ready(self) -> web.StreamResponse | None:
+        """The model serves: stop telling, say so, hand over the stream (None if none was opened)."""
+        if self._task is None:
+            return None
+        await self._halt()
+        if self.response is not None:
+            runtime = self.request.app[SCHEDULER].models.get(self.model.name)
+            waited = time.monotonic() - self._since
+            if runtime is not None and runtime.load_s is not None and runtime.ready_at >= self._since:
+                text = f"{self.name} ready in {runtime.load_s:.1f} s"
+            else:
+                text = f"{self.name} ready after {waited:.1f} s"
+            await self._send(text)
+        return self.response
+
+    async def fail(self, error: SwitchError) -> web.StreamResponse:
+        """End the opened stream with the error as an event (the status line is gone already)."""
+        await self._halt()
+        assert self.response is not None
+        log.info("%s: streamed request ended with an error event: %s", self.model.name, error.message.splitlines()[0])
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.response.write(in_band_error(self.request.path, error))
+            await self.response.write_eof()
+        return self.response
+
+    async def guard(self, work: Awaitable[web.StreamResponse]) -> web.StreamResponse:
+        """Run the switch and relay; an error once the stream is open goes into it as an event."""
+        try:
+            return await work
+        except SwitchError as e:
+            await self._halt()  # decides whether the stream was opened
+            if not self.started:
+                raise
+            return await self.fail(e)
+        except asyncio.CancelledError:
+            await self._halt()
+            if not self.started or not self.request.app[INFLIGHT].stopping:
+                raise  # the client left
+            return await self.fail(ShuttingDown(f"{self.model.name}: llm-switch stopped before the answer was "
+                                                "complete (shutdown_grace); send the request again"))
+        finally:
+            await self._halt()
+
+    def transform(self, inner: Callable[[aiohttp.ClientResponse], Rewrite | None] | None
+                  ) -> Callable[[aiohttp.ClientResponse], Rewrite | None]:
+        """`inner`, then (where progress went out as chunks) the answer's id, created and model
+        set to those of the progress chunks."""
+
+        def transform(upstream: aiohttp.ClientResponse) -> Rewrite | None:
+            rewrite = inner(upstream) if inner is not None else None
+            if not (self.started and self.mode == "reasoning" and upstream.status == 200 and is_event_stream(upstream)):
+                return rewrite
+            same = _SameIds(self.id, self.created, self.name)
+            if rewrite is None:
+                return Rewrite(same.feed, same.close)
+            return Rewrite(lambda chunk: same.feed(rewrite.feed(chunk)), lambda: same.feed(rewrite.close()) + same.close(),
+                           rewrite.content_type)
+
+        return transform
+
+    # -- the stream -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        events = self.request.app[SCHEDULER].events
+        unsubscribe = events.subscribe((StateChanged, LoadProgress), lambda _: self._wake.set())
+        try:
+            if self.response is None:
+                if self._stopping:
+                    return  # admitted before this task ran: no progress to tell
+                response = web.StreamResponse(status=200, headers={
+                    "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                await response.prepare(self.request)
+                self.response = response
+            last, sent_at = None, 0.0
+            while not self._stopping:
+                what, seconds = await self._what()
+                now = time.monotonic()
+                if self._stopping:
+                    break
+                if what != last or now - sent_at >= REPEAT:
+                    await self._send(f"{what} … {seconds:.0f} s")
+                    last, sent_at = what, now
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), TICK)
+        except (ConnectionError, RuntimeError) as e:
+            log.info("%s: client went away while waiting for the model (%s)", self.model.name, e)
+        finally:
+            unsubscribe()
+
+    async def _halt(self) -> None:
+        if self._task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        with contextlib.suppress(Exception):
+            await self._task
+
+    async def _send(self, text: str) -> None:
+        assert self.response is not None
+        if self.mode == "reasoning":
+            delta: dict = {"reasoning_content": text + "\n"}
+            if not self._sent_role:
+                delta = {"role": "assistant", **delta}
+                self._sent_role = True
+            chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.name,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            data = b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
+        else:
+            data = b": " + text.replace("\n", " ").encode() + b"\n\n"
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.response.write(data)
+
+    async def _what(self) -> tuple[str, float]:
+        """What the request waits for now, and for how many seconds."""
+        scheduler = self.request.app[SCHEDULER]
+        waited = time.monotonic() - self._since
+        r = scheduler.models.get(self.model.name)
+        if r is None:
+            return f"waiting for {self.name}", waited
+        if r.state is State.STARTING:
+            phase = await _load_phase(r.model.unit, r.since)
+            return f"loading {self.name}" + (f": {phase}" if phase else ""), max(0.0, time.time() - r.since)
+        others = [o for o in scheduler.models.values()
+                  if o is not r and (o.state is State.STOPPING or (o.draining and o.state is State.READY))]
+        if others:
+            said = [f"{o.name} finishes {o.in_flight} request(s)" if o.state is State.READY and o.in_flight
+                    else f"stopping {o.name}" for o in others]
+            return "; ".join(said) + f", then {self.name} loads", waited
+        position = scheduler.queue_position(r.name)
+        if position is not None and position > 1:
+            return f"waiting in the queue: position {position}", waited
+        if r.state is State.READY:
+            return f"{self.name} is loaded; waiting for its turn", waited
+        return f"waiting to load {self.name}", waited
+
+
+async def _load_phase(unit: str, since: float) -> str | None:
+    """The loading unit's phase from its journal lines since its start; shared by all streams."""
+    now = time.monotonic()
+    seen = _journal_seen.get(unit)
+    if seen is not None and now - seen[0] < _JOURNAL_EVERY:
+        return seen[1]
+    _journal_seen[unit] = (now, seen[1] if seen else None)  # one reader at a time
+    phase = load_phase(await journal_tail(unit, 40, timeout=1.0, since=since - 0.5))
+    _journal_seen[unit] = (time.monotonic(), phase)
+    return phase
+
+
+class _SameIds:
+    """Sets `id`, `created` and `model` in each chunk of an event stream."""
+
+    def __init__(self, id_: str, created: int, model: str) -> None:
+        self._parser = SSEParser()
+        self._fields = {"id": id_, "created": created, "model": model}
+
+    def feed(self, data: bytes) -> bytes:
+        return b"".join(self._event(e) for e in self._parser.feed(data)) if data else b""
+
+    def close(self) -> bytes:
+        return b"".join(self._event(e) for e in self._parser.close())
+
+    def _event(self, e: Event) -> bytes:
+        if not e.complete or e.data is None or not e.data.startswith("{"):
+            return e.raw
+        try:
+            chunk = json.loads(e.data)
+        except (ValueError, RecursionError):
+            return e.raw
+        if not isinstance(chunk, dict) or "choices" not in chunk:
+            return e.raw  # an error event, say: as it came
+        chunk.update(self._fields)
+        return format_event(json.dumps(chunk, ensure_ascii=False), e.eol, e.fields)
+
+
+def progress_for(request: web.Request, model: Model, payload: dict, chat: bool) -> Progress:
+    """The progress a request gets while it waits: as configured for a streamed chat completion,
+    comment lines for any other stream; a request that is not streamed only has its wait noted."""
+    if payload.get("stream") is not True:
+        mode = "off"
+    elif chat:
+        mode = model.loading_progress
+    else:
+        mode = "comment"
+    return Progress(request, model, mode, payload.get("model") if isinstance(payload.get("model"), str) else model.name)

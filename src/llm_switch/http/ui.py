@@ -1,0 +1,86 @@
+"""The live web page: `GET /ui` (one static page, no build step) and `GET /ui/events`, an event
+stream fed by the event bus: a `snapshot` first (the /status snapshot and the recent requests),
+then `models` on every state change, switch and measurement, `progress` each second of a load,
+and `request` for each model request answered.
+
+The page itself holds no data and needs no key; everything it shows comes from /ui/events,
+/logs, /load and /unload, which it calls with the key it was opened with (`/ui?key=…`, kept in
+the tab's sessionStorage, sent as `Authorization: Bearer`; fetch reads the event streams, as
+EventSource cannot send headers)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import deque
+from pathlib import Path
+
+from aiohttp import web
+
+from ..events import EventBus, LoadProgress, MemoryMeasured, RequestDone, StateChanged, SwitchDone
+from ..observe import status
+from .keys import SCHEDULER
+from .logs import live
+
+PAGE = Path(__file__).with_name("static") / "ui.html"
+RECENT = web.AppKey("ui_recent_requests", deque)
+EVENTS = web.AppKey("ui_events", EventBus)
+PING = 15.0  # s between keep-alive comments
+
+
+def attach(app: web.Application, events: EventBus) -> None:
+    """Keep the recent model requests for the page's first view."""
+    recent: deque = deque(maxlen=100)
+    app[RECENT] = recent
+    app[EVENTS] = events
+    events.subscribe(RequestDone, lambda e: recent.append(e.as_json()) if e.model is not None else None)
+
+
+async def page(request: web.Request) -> web.Response:
+    return web.Response(body=PAGE.read_bytes(), content_type="text/html", charset="utf-8",
+                        headers={"Cache-Control": "no-cache"})
+
+
+def _sse(kind: str, data: object) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+async def events_stream(request: web.Request) -> web.StreamResponse:
+    queue: asyncio.Queue = asyncio.Queue(maxsize=1000)
+
+    def put(event) -> None:
+        with contextlib.suppress(asyncio.QueueFull):  # a page that cannot keep up misses some
+            queue.put_nowait(event)
+
+    unsubscribe = request.app[EVENTS].subscribe(
+        (StateChanged, SwitchDone, MemoryMeasured, LoadProgress, RequestDone), put)
+    try:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                               "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        scheduler = request.app[SCHEDULER]
+        await response.write(_sse("snapshot", {"status": status.snapshot(scheduler),
+                                               "requests": list(request.app[RECENT])}))
+        with live(request), contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), PING)
+                except TimeoutError:
+                    await response.write(b": ping\n\n")
+                    continue
+                if isinstance(event, RequestDone):
+                    if event.model is not None:  # with every model's requests in flight and waiting now
+                        counts = {n: [r.in_flight, r.waiting] for n, r in request.app[SCHEDULER].models.items()}
+                        await response.write(_sse("request", {**event.as_json(), "counts": counts}))
+                elif isinstance(event, LoadProgress):
+                    await response.write(_sse("progress", {"model": event.model, "elapsed_s": round(event.elapsed_s, 1)}))
+                else:
+                    snap = status.snapshot(request.app[SCHEDULER])
+                    await response.write(_sse("models", {"models": snap["models"], "switches": snap["switches"]}))
+        return response
+    finally:
+        unsubscribe()
+
+
+ROUTES = [web.get("/ui", page), web.get("/ui/events", events_stream)]

@@ -1,0 +1,194 @@
+"""Seeing what the switch does: /metrics (read with prometheus_client's own parser, the values
+checked against what the test did), a model's log (`GET /logs/{model}`, `llm-switch logs`), the
+load phase from the journal in the loading progress, and the pure parsers behind them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import aiohttp
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import harness
+from harness import chat_body, free_port, sse_lines
+from llm_switch.observe.metrics import usage_of
+from llm_switch.units.journal import load_phase
+from test_progress import TIMINGS, USAGE, answer, whole_answer
+from test_ui import journaled_scripted
+
+
+@pytest.fixture(scope="module")
+def journal_manager():
+    with harness.UserManager(journal=True) as um:
+        yield um
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """/metrics parsed by prometheus_client: {(sample name, sorted labels): value}."""
+    status, body = harness.http_get(url + "/metrics")
+    assert status == 200, body
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def test_metrics_match_what_the_test_did(deploy):
+    a = deploy.scripted_unit("a", {"routes": {"/v1/chat/completions": {"json": whole_answer()}}})
+    b = deploy.scripted_unit("b", {"routes": {"/v1/chat/completions": {"sse": answer()}}})
+    daemon = deploy.up({"a": {"unit": a.unit, "url": a.url, "memory": "1G"},
+                        "b": {"unit": b.unit, "url": b.url, "memory": "2G"}}, min_loaded=0.01)
+    client = openai.OpenAI(base_url=daemon.url + "/v1", api_key="unused", timeout=60, max_retries=0)
+    hi = [{"role": "user", "content": "hi"}]
+    broken_history = hi + [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "read", "arguments": "{'path': 'x',}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"}]
+    for messages in (hi, hi, broken_history):
+        client.chat.completions.create(model="a", messages=messages)
+    assert "".join(c.choices[0].delta.content or "" for c in
+                   client.chat.completions.create(model="b", messages=hi, stream=True) if c.choices) == "Hello world"
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=hi)
+
+    m = scrape(daemon.url)
+    chat = "/v1/chat/completions"
+    assert value(m, "llm_switch_requests_total", model="a", route=chat, status="200") == 3
+    assert value(m, "llm_switch_requests_total", model="b", route=chat, status="200") == 1
+    assert value(m, "llm_switch_requests_total", model="", route="/v1/{tail}", status="404") == 1
+    assert value(m, "llm_switch_prompt_tokens_total", model="a") == 3 * USAGE["prompt_tokens"]
+    assert value(m, "llm_switch_completion_tokens_total", model="a") == 3 * USAGE["completion_tokens"]
+    assert value(m, "llm_switch_completion_tokens_total", model="b") == USAGE["completion_tokens"]
+    assert value(m, "llm_switch_prompt_seconds_total", model="a") == pytest.approx(3 * TIMINGS["prompt_ms"] / 1000)
+    assert value(m, "llm_switch_generation_seconds_total", model="b") == pytest.approx(TIMINGS["predicted_ms"] / 1000)
+    assert value(m, "llm_switch_generation_tokens_per_second", model="b") == TIMINGS["predicted_per_second"]
+    assert value(m, "llm_switch_prompt_tokens_per_second", model="a") == TIMINGS["prompt_per_second"]
+    assert value(m, "llm_switch_tool_calls_repaired_total", model="a") == 1
+    assert value(m, "llm_switch_request_duration_seconds_count", model="a") == 3
+    assert value(m, "llm_switch_time_to_first_byte_seconds_count", model="a") == 3
+    assert value(m, "llm_switch_time_to_first_byte_seconds_count", model="b") == 1
+    # two loads (a, then b), each its own switch; b's stopped a first
+    assert value(m, "llm_switch_switch_duration_seconds_count", model="a", result="ok") == 1
+    assert value(m, "llm_switch_switch_duration_seconds_count", model="b", result="ok") == 1
+    status = {s["model"]: s for s in daemon.get_json("/status")["models"]}
+    assert value(m, "llm_switch_load_duration_seconds_sum", model="b") == pytest.approx(status["b"]["load_s"], abs=0.002)
+    assert value(m, "llm_switch_model_last_load_seconds", model="b") == pytest.approx(status["b"]["load_s"], abs=0.002)
+    assert value(m, "llm_switch_wait_seconds_count", model="b") == 1  # it waited for its load
+    assert value(m, "llm_switch_model_state", model="b", state="ready") == 1
+    assert value(m, "llm_switch_model_state", model="a", state="stopped") == 1
+    assert value(m, "llm_switch_model_state", model="a", state="ready") == 0
+    assert value(m, "llm_switch_model_memory_bytes", model="a", kind="declared") == 1 << 30
+    assert value(m, "llm_switch_model_memory_bytes", model="b", kind="ram") == status["b"]["memory"]["measured_ram"]
+    assert value(m, "llm_switch_requests_in_flight", model="b") == 0
+    assert value(m, "llm_switch_requests_queued", model="b") == 0
+    # the per-answer log line
+    assert "a: 11 prompt + 3 completion tokens, prompt 500.0 tok/s, generation 50.0 tok/s" in daemon.log()
+
+
+async def test_metrics_count_requests_in_flight_and_queued(deploy):
+    a = deploy.scripted_unit("a", {"routes": {"/v1/chat/completions": {"delay": 2.0, "json": whole_answer()}}})
+    b = deploy.scripted_unit("b", {})
+    daemon = deploy.up({"a": {"unit": a.unit, "url": a.url}, "b": {"unit": b.unit, "url": b.url}}, min_loaded="1m")
+    async with aiohttp.ClientSession() as http:
+        import asyncio
+        slow = asyncio.ensure_future(http.post(daemon.url + "/v1/chat/completions", json=chat_body("a")))
+        other = asyncio.ensure_future(http.post(daemon.url + "/v1/embeddings", json={"model": "b", "input": "x"}))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            m = await asyncio.to_thread(scrape, daemon.url)
+            if value(m, "llm_switch_requests_in_flight", model="a") == 1 and \
+                    value(m, "llm_switch_requests_queued", model="b") == 1:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail(f"never saw a in flight and b queued: {m}")
+        for task in (slow, other):
+            (await task).release()
+
+
+async def test_logs_and_the_load_phase_come_from_the_journal(journal_manager, tmp_path, llama_server):
+    """`llm-switch logs MODEL` prints the unit's journal lines, `-f` follows them; while a model
+    loads, a streamed request is told the phase llama-server logged."""
+    d = harness.Deployment(journal_manager, tmp_path, "logs", llama=llama_server)
+    try:
+        a = journaled_scripted(d, "a", {})
+        port = free_port()
+        script = tmp_path / "slow.json"
+        script.write_text(json.dumps({"model": "slow", "health": {"ok_after": 2.5},
+                                      "routes": {"/v1/chat/completions": {"sse": answer()}}}))
+        slow = d.command_unit("slow", ["/bin/sh", "-c",
+                                       "echo 'llama_model_loader: loaded meta data'; "
+                                       "echo 'load_tensors: offloaded 3/10 layers to GPU'; "
+                                       "echo 'load_tensors: loading model tensors, this can take a while'; "
+                                       f"exec {sys.executable} {harness.SCRIPTED_BACKEND} --port {port} --script {script}"],
+                              port=port, to_journal=True)
+        d.write_config({"a": {"unit": a.unit, "url": a.url}, "slow": {"unit": slow.unit, "url": slow.url}})
+        daemon = d.start(namespace_pid=journal_manager.namespace_pid)
+        env = {"LLM_SWITCH_CONFIG": str(d.dir / "config.yaml")}
+
+        done = harness.run_cli(["load", "a", "--url", daemon.url], env)
+        assert done.returncode == 0 and done.stdout.startswith("a: ready, loaded in"), done
+        done = harness.run_cli(["logs", "a", "--url", daemon.url], env)
+        assert done.returncode == 0, done
+        assert "zz-a starting on port" in done.stdout, done.stdout
+        assert harness.run_cli(["logs", "nope", "--url", daemon.url], env).returncode == 1
+
+        follow = subprocess.Popen([sys.executable, "-m", "llm_switch", "logs", "a", "-f", "--url", daemon.url],
+                                  stdout=subprocess.PIPE, text=True, env={**journal_manager.client_env(), **env})
+        try:
+            assert "zz-a starting" in follow.stdout.readline()
+            done = harness.run_cli(["unload", "a", "--url", daemon.url], env)
+            assert done.stdout.strip() == "unloaded a", done
+            harness.run_cli(["load", "a", "--url", daemon.url], env)
+            deadline = time.monotonic() + 30
+            while "zz-a starting" not in (line := follow.stdout.readline()):  # the second start, live
+                assert line and time.monotonic() < deadline, "no second start line"
+        finally:
+            follow.terminate()
+            follow.wait(timeout=10)
+
+        async with aiohttp.ClientSession() as http:
+            async with http.post(daemon.url + "/v1/chat/completions", json=chat_body("slow", stream=True)) as resp:
+                lines = [line async for _, line in sse_lines(resp)]
+        reasoning = "".join(json.loads(line[6:])["choices"][0]["delta"].get("reasoning_content") or ""
+                            for line in lines if line.startswith("data: {"))
+        assert "loading slow: loading tensors (3/10 layers on the GPU)" in reasoning, reasoning
+    finally:
+        d.close()
+
+
+@pytest.mark.parametrize("lines,phase", [
+    ([], None),
+    (["main: build info"], None),
+    (["llama_model_loader: loaded meta data with 30 key-value pairs"], "reading the model file"),
+    (["llama_model_loader: x", "load_tensors: offloaded 33/49 layers to GPU", "load_tensors: CPU_Mapped model buffer"],
+     "loading tensors (33/49 layers on the GPU)"),
+    (["load_tensors: x", "llama_context: n_ctx = 4096", "llama_kv_cache: size = 256 MiB"], "allocating the KV cache"),
+    (["load_tensors: x", "common_init_from_params: warming up the model with an empty run - please wait"], "warming up"),
+    (["common_init_from_params: warming up the model", "main: server is listening on http://127.0.0.1:3004"],
+     "model loaded"),
+])
+def test_load_phase_from_llama_server_lines(lines, phase):
+    assert load_phase(lines) == phase
+
+
+def test_usage_from_the_last_bytes_of_an_answer():
+    final = json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": USAGE,
+                        "timings": TIMINGS})
+    u = usage_of(f'data: {{"choices": []}}\n\ndata: {final}\n\ndata: [DONE]\n\n'.encode())
+    assert (u.prompt_tokens, u.completion_tokens, u.prompt_tps, u.generation_tps) == (11, 3, 500.0, 50.0)
+    assert u.headers()["X-LLM-Switch-Completion-Tokens"] == "3"
+    # usage only (an OpenAI-style backend): generation tok/s from the stream's own time
+    u = usage_of(json.dumps({"usage": {"prompt_tokens": 5, "completion_tokens": 10}}).encode(), streamed_s=2.0)
+    assert (u.prompt_tokens, u.completion_tokens, u.generation_tps, u.prompt_tps) == (5, 10, 5.0, None)
+    assert usage_of(b'data: {"choices": [{"delta": {"content": "usage"}}]}\n\n') is None
+    assert usage_of(b'{"usage": {"prompt_tokens": 5, "compl') is None  # cut off: nothing, no error

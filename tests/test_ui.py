@@ -1,0 +1,122 @@
+"""The live page at /ui, in a real headless Chromium (Debian's `chromium`, driven over the
+DevTools protocol by tests/cdp.py): opened with an API key, it shows the models, follows a switch
+made by another client without a reload, lists the requests with their tokens/s, streams the
+selected model's journal, and its buttons load and unload."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+
+import openai
+import pytest
+
+import harness
+from cdp import Browser
+from harness import free_port
+
+KEY = "ui-test-key-0123456789abcdef"
+USAGE = {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
+TIMINGS = {"prompt_n": 9, "prompt_ms": 18.0, "prompt_per_second": 500.0, "predicted_n": 4, "predicted_ms": 80.0,
+           "predicted_per_second": 50.0}
+
+
+@pytest.fixture(scope="module")
+def journal_manager():
+    with harness.UserManager(journal=True) as um:
+        yield um
+
+
+def journaled_scripted(d: harness.Deployment, name: str, script: dict) -> harness.Backend:
+    """A scripted backend whose output goes to the journal, saying `zz-NAME starting` first."""
+    port = free_port()
+    path = d.dir / f"{name}.script.json"
+    path.write_text(json.dumps({"model": name, **script}))
+    command = (f'echo "zz-{name} starting on port {port}"; '
+               f'exec {sys.executable} {harness.SCRIPTED_BACKEND} --port {port} --script {path}')
+    return d.command_unit(name, ["/bin/sh", "-c", command], port=port, to_journal=True,
+                          env={"PYTHONUNBUFFERED": "1"})
+
+
+def answer(text: str) -> dict:
+    return {"json": {"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                  "finish_reason": "stop"}], "usage": USAGE, "timings": TIMINGS}}
+
+
+def state_is(model: str, state: str) -> str:
+    return f"document.querySelector('tr[data-model=\"{model}\"] .state')?.className.includes('s-{state}')"
+
+
+async def test_page_follows_a_switch_made_by_another_client(journal_manager, tmp_path, llama_server):
+    d = harness.Deployment(journal_manager, tmp_path, "ui", llama=llama_server)
+    try:
+        a = journaled_scripted(d, "a", {"routes": {"/v1/chat/completions": answer("from a")}})
+        b = journaled_scripted(d, "b", {"health": {"ok_after": 0.5},
+                                        "routes": {"/v1/chat/completions": answer("from b")}})
+        d.write_config({"a": {"unit": a.unit, "url": a.url, "memory": "1G"},
+                        "b": {"unit": b.unit, "url": b.url, "memory": "2G"}}, api_keys=[KEY], min_loaded=0.01)
+        daemon = d.start(namespace_pid=journal_manager.namespace_pid)
+        client = openai.OpenAI(base_url=daemon.url + "/v1", api_key=KEY, timeout=60, max_retries=0)
+
+        def ask(model: str) -> str:
+            reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+            return reply.choices[0].message.content
+
+        async with Browser() as browser:
+            await browser.goto(daemon.url + "/ui?key=" + KEY)
+            await browser.wait_for(state_is("a", "stopped"))
+            assert await browser.eval("document.querySelector('#conn').textContent") == "live"
+            # the key is kept for the tab, not in the address
+            assert "key=" not in await browser.eval("location.href")
+            assert await browser.eval(f"sessionStorage.getItem('llm-switch-key') === {json.dumps(KEY)}")
+
+            assert await asyncio.to_thread(ask, "a") == "from a"
+            await browser.wait_for(state_is("a", "ready"))
+            assert await asyncio.to_thread(ask, "b") == "from b"  # a switch, made by another client
+            await browser.wait_for(state_is("b", "ready") + " && " + state_is("a", "stopped"))
+            await browser.wait_for("!!document.querySelector('#switches .switch[data-to=\"b\"]')")
+            timeline = await browser.eval("document.querySelector('#switches').textContent")
+            assert "a → b" in timeline and "ready in" in timeline, timeline
+            await browser.wait_for("document.querySelectorAll('#requests tbody tr[data-model=\"b\"]').length === 1")
+            row = await browser.eval("document.querySelector('#requests tbody tr[data-model=\"b\"]').textContent")
+            assert "/v1/chat/completions" in row and "200" in row and "9 / 4" in row and "50.0" in row, row
+            assert "50.0 tok/s" in await browser.wait_for("document.querySelector('#tps').textContent")
+            cells = await browser.eval("[...document.querySelectorAll('tr[data-model=\"b\"] td')].map(c => c.textContent)")
+            assert "2.0G" in cells, cells  # declared memory
+            assert any(c.endswith(" s") for c in cells), cells  # last load time
+
+            # the selected model's journal, followed live
+            await browser.eval("(() => { const s = document.querySelector('#log-model'); s.value = 'b';"
+                               " s.dispatchEvent(new Event('change')); })()")
+            await browser.wait_for("document.querySelector('#log').textContent.includes('zz-b starting')")
+            await browser.screenshot(tmp_path / "ui.png")
+            if target := os.environ.get("LLMT_UI_SCREENSHOT"):
+                shutil.copy(tmp_path / "ui.png", target)
+
+            # the buttons: unload b, load a
+            await browser.eval("document.querySelector('tr[data-model=\"b\"] button.unload').click()")
+            await browser.wait_for(state_is("b", "stopped"))
+            await browser.eval("document.querySelector('tr[data-model=\"a\"] button.load').click()")
+            await browser.wait_for(state_is("a", "ready"))
+            await browser.wait_for("document.querySelector('#log').textContent.includes('zz-b starting')")
+            assert not [m for m in browser.console if m.startswith("exception")], browser.console
+        assert (tmp_path / "ui.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        d.close()
+
+
+async def test_page_needs_the_key_for_its_data(deploy):
+    """Without a key the page loads (it holds no data) but its event stream is refused."""
+    a = deploy.scripted_unit("a", {})
+    daemon = deploy.up({"a": {"unit": a.unit, "url": a.url}}, api_keys=[KEY])
+    status, body = harness.http_get(daemon.url + "/ui")
+    assert status == 200 and b"<title>llm-switch</title>" in body
+    assert harness.http_get(daemon.url + "/ui/events")[0] == 401
+    assert harness.http_get(daemon.url + "/logs/a")[0] == 401
+    async with Browser() as browser:
+        await browser.goto(daemon.url + "/ui")
+        await browser.wait_for("document.querySelector('#error').textContent.includes('401')")
