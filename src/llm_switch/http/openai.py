@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
 from aiohttp import web
 
 from .. import repair
-from ..errors import ShuttingDown, UnknownModel
+from ..errors import UnknownModel
 from ..observe.status import model_status
 from ..scheduling.scheduler import Scheduler
 from . import auth
 from ..observe.metrics import observed
-from .keys import INFLIGHT, SCHEDULER
+from .keys import SCHEDULER
 from .progress import progress_for
 from .proxy import model_named, read_json, switch_and_relay
 from .relay import repair_tool_calls
@@ -23,20 +22,6 @@ log = logging.getLogger(__name__)
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
-    inflight = request.app[INFLIGHT]
-    if inflight.stopping:
-        raise ShuttingDown("llm-switch is stopping; send the request again once it is back")
-    with inflight.track():
-        try:
-            return await _forward(request)
-        except asyncio.CancelledError:
-            if not inflight.stopping:
-                raise  # the client left
-            raise ShuttingDown("llm-switch stopped before this request was served (shutdown_grace); "
-                               "send it again") from None
-
-
-async def _forward(request: web.Request) -> web.StreamResponse:
     config = request.app[SCHEDULER].config  # the newest: a reload replaces it
     body, payload = await read_json(request)
     model = model_named(config, payload.get("model") if isinstance(payload, dict) else None)

@@ -5,6 +5,7 @@ how the answer is translated; this is the part they share."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterable, Callable
@@ -14,9 +15,9 @@ import aiohttp
 from aiohttp import web
 
 from ..config import Config, Model
-from ..errors import BackendGone, BadRequest, UnknownModel
+from ..errors import BackendGone, BadRequest, ShuttingDown, UnknownModel
 from .auth import allow_model
-from .keys import SCHEDULER
+from .keys import INFLIGHT, SCHEDULER
 from .relay import Rewrite, relay
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,23 @@ async def switch_and_relay(request: web.Request, model: Model, body: bytes | Asy
     A refused connection to a unit stopped behind the switch's back starts it again, once. A
     streamed body is retried only if none of it was sent (`Upload.started`). `progress` (an
     http.progress.Progress) is told when the request waits and hands the stream it opened to the
-    relay."""
+    relay. While the switch stops, the request counts in flight: it gets `shutdown_grace` to
+    finish, then a 503 (or an error event, once its stream began)."""
+    inflight = request.app[INFLIGHT]
+    if inflight.stopping:
+        raise ShuttingDown("llm-switch is stopping; send the request again once it is back")
+    with inflight.track():
+        try:
+            return await _switch_and_relay(request, model, body, transform, progress, **relay_args)
+        except asyncio.CancelledError:
+            if not inflight.stopping:
+                raise  # the client left
+            raise ShuttingDown("llm-switch stopped before this request was served (shutdown_grace); "
+                               "send it again") from None
+
+
+async def _switch_and_relay(request: web.Request, model: Model, body: bytes | AsyncIterable[bytes],
+                            transform: Transform | None, progress: Any, **relay_args: Any) -> web.StreamResponse:
     allow_model(request, model)  # 403 before anything switches, for a key limited to other models
     scheduler = request.app[SCHEDULER]
     session = scheduler.backends.session
