@@ -103,7 +103,7 @@ async def test_no_key_gets_401_on_every_route_but_health(keyed, http):
     assert e.value.code == "invalid_api_key"
     for method, path in [("GET", "/status"), ("GET", "/running"), ("GET", "/v1/models"),
                          ("GET", "/v1/models/a"), ("POST", "/unload"), ("POST", "/unload/a"),
-                         ("POST", "/load/a"), ("GET", "/metrics"), ("GET", "/ui"), ("GET", "/logs"),
+                         ("POST", "/load/a"), ("GET", "/metrics"), ("GET", "/ui/events"), ("GET", "/logs"),
                          ("GET", "/route-added-later"), ("POST", "/health"), ("POST", "/v1/embeddings"),
                          ("POST", "/api/chat")]:
         async with http.request(method, daemon.url + path, json={"model": "a"}) as resp:
@@ -113,6 +113,12 @@ async def test_no_key_gets_401_on_every_route_but_health(keyed, http):
             assert "API key" in (body["error"] if isinstance(body["error"], str) else body["error"]["message"])
     async with http.get(daemon.url + "/health") as resp:
         assert resp.status == 200
+    # the page's shell is static and holds no data (everything it shows comes from /ui/events,
+    # /load, /unload and /logs, each behind the key, which the page takes once as /ui?key=…)
+    async with http.get(daemon.url + "/ui") as resp:
+        shell = await resp.text()
+        assert resp.status == 200 and "/ui/events" in shell
+        assert "a.service" not in shell and a.unit not in shell
     # a wrong scheme or an empty bearer is no key either
     for headers in ({"Authorization": ADMIN}, {"Authorization": "Basic " + ADMIN}, {"Authorization": "Bearer "}):
         async with http.get(daemon.url + "/status", headers=headers) as resp:
