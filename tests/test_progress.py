@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import subprocess
 import urllib.request
 
 import aiohttp
+import anthropic
 import openai
 import pytest
 
 import harness
-from harness import chat_body, post_json, sse_lines
+from harness import chat_body, free_port, post_json, sse_lines
 from test_tool_calls import NODE_DIR, _npm_ready
 
 WORDS = ["Hello", " wor", "ld"]
@@ -180,6 +182,32 @@ async def test_a_client_that_leaves_while_waiting_sends_nothing_on(deploy):
     b = {m["model"]: m for m in daemon.get_json("/status")["models"]}["b"]
     assert (b["in_flight"], b["waiting"]) == (0, 0)
     assert not b_unit.records("request")
+
+
+async def test_anthropic_stream_that_waits_gets_comments_and_the_sdk_reads_it(deploy, tiny_models):
+    """/v1/messages (Anthropic's API) waiting for a load gets SSE comments, which the official
+    anthropic SDK skips: the text is the same as from a stream that did not wait."""
+    server, env = deploy.llama
+    port = free_port()
+    argv = harness.llama_args(server, tiny_models["a"], port, "slow")
+    slow = deploy.command_unit("slow", ["/bin/sh", "-c", "sleep 1.5; exec " + shlex.join(argv)], port=port, env=env)
+    daemon = deploy.up({"slow": {"unit": slow.unit, "url": slow.url}})
+    ask = {"model": "slow", "max_tokens": 12, "messages": [{"role": "user", "content": "hello"}],
+           "extra_body": {"temperature": 0}}  # greedy: the same text each time
+    async with aiohttp.ClientSession() as http:
+        raw = {k: v for k, v in ask.items() if k != "extra_body"}
+        async with http.post(daemon.url + "/v1/messages", json={**raw, "stream": True}) as resp:
+            lines = [line async for _, line in sse_lines(resp)]
+    assert lines[0].startswith(": loading slow") and any("slow ready in" in line for line in lines), lines
+    assert "event: message_stop" in lines
+
+    client = anthropic.Anthropic(base_url=daemon.url, api_key="unused", timeout=120, max_retries=0)
+    post(daemon.url + "/unload/slow")
+    with client.messages.stream(**ask) as stream:
+        waited = stream.get_final_text()
+    with client.messages.stream(**ask) as stream:
+        loaded = stream.get_final_text()
+    assert waited == loaded
 
 
 @pytest.mark.parametrize("pkg,mode", [("openai", "iterate"), ("openai", "final"), ("openai-v5", "iterate")])

@@ -15,6 +15,7 @@ from aiohttp import web
 from .. import repair
 from .errors import anthropic_type
 from .keys import SCHEDULER
+from .progress import progress_for
 from .proxy import model_named, read_json, switch_and_relay
 from .relay import Rewrite
 
@@ -72,7 +73,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
         log.info("%s: repaired the input of %d tool_use block(s) in the request history: %s",
                  model.name, len(names), ", ".join(names))
         body = json.dumps(payload, ensure_ascii=False).encode()
-    return await switch_and_relay(request, model, body, _errors_in_anthropic_shape)
+    progress = progress_for(request, model, payload, chat=False)  # a stream waiting gets SSE comments
+    return await progress.guard(switch_and_relay(request, model, body, _errors_in_anthropic_shape, progress))
 
 
 ROUTES = [

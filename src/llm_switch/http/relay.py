@@ -18,7 +18,7 @@ from .. import repair
 from ..config import Model
 from ..errors import BackendGone, BackendUnreachable, ShuttingDown
 from ..observe.metrics import observed
-from .errors import error_body, in_band_error
+from .errors import ANTHROPIC_PATHS, in_band_error
 from .keys import INFLIGHT
 
 log = logging.getLogger(__name__)
@@ -182,14 +182,17 @@ async def _error_in_stream(request: web.Request, response: web.StreamResponse, m
         body = json.loads(raw)
     except (ValueError, RecursionError):
         body = None
-    if not (isinstance(body, dict) and isinstance(body.get("error"), dict)):
-        text = raw.decode("utf-8", "replace")[:2000]
-        body = error_body(request.path, 502, f"{model.name}: the backend answered {upstream.status} "
-                          f"{upstream.reason or ''}: {text}".rstrip(": "), "server_error", "backend_error")
     log.warning("%s: backend answered %d after the stream had begun; sent as an error event", model.name,
                 upstream.status)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict) and request.path not in ANTHROPIC_PATHS:
+        event = b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"  # the backend's own, as it is
+    else:
+        said = body["error"].get("message") if isinstance(body, dict) and isinstance(body.get("error"), dict) \
+            else raw.decode("utf-8", "replace")[:2000]
+        event = in_band_error(request.path, BackendUnreachable(
+            f"{model.name}: the backend answered {upstream.status} {upstream.reason or ''}: {said}"))
     with contextlib.suppress(ConnectionError, RuntimeError):
-        await response.write(b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n")
+        await response.write(event)
         await response.write_eof()
     return response
 
