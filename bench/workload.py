@@ -474,6 +474,10 @@ def main(argv: list[str] | None = None) -> int:
         records = asyncio.run(wl.session(servers)) if servers else {}
         for srv in servers:
             methods[srv.name] = summarize(records[srv.name], srv.loads(), plan)
+            if srv.method.kind == "switch":  # what the daemon says of each model's prompt cache
+                status = json.loads(harness.http_get(srv.base + "/status", timeout=10)[1] or b"{}")
+                methods[srv.name]["prompt_cache"] = {m["model"]: m.get("prompt_cache")
+                                                     for m in status.get("models", [])}
             if methods[srv.name]["errors"]:
                 log(f"{srv.name} had errors; its servers said:\n{srv.debug()}", "workload")
     res["methods"] = {n: methods[n] for n in names}

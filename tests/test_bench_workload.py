@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_METHODS = {"router-max1", "router-all", "switch", "switch-exclusive"}
+DEFAULT_METHODS = {"router-max1", "router-all", "switch", "switch-exclusive", "switch-cache"}
 
 
 def _number(x) -> bool:
@@ -54,8 +54,13 @@ def test_workload_quick_runs_every_method(tmp_path):
     assert data["methods"]["router-all"]["loads"] == 3
     assert data["methods"]["router-max1"]["loads_by_model"]["coder"] == turns
     assert data["methods"]["switch-exclusive"]["loads_by_model"]["coder"] == turns
-    assert [t["target"] for t in data["targets"]] == ["switch / router-max1 total"]
-    assert _number(data["targets"][0]["value"])
+    assert [t["target"] for t in data["targets"]] == [
+        "switch / router-max1 total", "switch-cache / router-all total", "switch-cache / router-max1 total",
+        "switch-cache / switch coder TTFT after the thinker"]
+    assert all(_number(t["value"]) for t in data["targets"])
+    # the prompt cache saved the coder's slot when the thinker came, and restored it after
+    assert data["methods"]["switch-cache"]["prompt_cache"]["coder"]["last_restore"] is not None, \
+        data["methods"]["switch-cache"].get("prompt_cache")
 
 
 def test_stress_loses_nothing_and_keeps_the_budget(tmp_path):
