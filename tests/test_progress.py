@@ -86,7 +86,8 @@ def test_python_client_reads_progress_as_reasoning_and_the_answer_alone(deploy):
     assert {c.created for c in chunks} == {chunks[0].created}
     assert {c.model for c in chunks} == {"b"}
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
-    assert "b: 11 prompt + 3 completion tokens, prompt 500.0 tok/s, generation 50.0 tok/s" in daemon.log()
+    harness.wait_for(lambda: "b: 11 prompt + 3 completion tokens, prompt 500.0 tok/s, generation 50.0 tok/s"
+                     in daemon.log(), 10, what="the answer's log line")  # written once the stream ended
 
     # loaded now: no wait, no progress, the backend's answer byte for byte as before
     again = list(client.chat.completions.create(model="b", messages=[{"role": "user", "content": "hi"}], stream=True))

@@ -55,8 +55,7 @@ class Progress:
 
     def __init__(self, request: web.Request, model: Model, mode: str, name: str) -> None:
         self.request, self.model, self.mode, self.name = request, model, mode, name
-        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        self.created = int(time.time())
+        self.id, self.created = "", 0  # set once progress starts: the answer's chunks get them too
         self.response: web.StreamResponse | None = None
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
@@ -77,6 +76,8 @@ class Progress:
             return
         self._since = time.monotonic()
         self._stopping = False
+        if not self.id:
+            self.id, self.created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"llm-switch progress ({self.model.name})")
 
     async def ready(self) -> web.StreamResponse | None:

@@ -132,10 +132,6 @@ async def relay(request: web.Request, http: aiohttp.ClientSession, model: Model,
                     await response.write(out)
             if rewrite and (tail := rewrite.close()):
                 await response.write(tail)
-            if obs is not None and last:
-                obs.first_byte = first
-                if upstream.status == 200:
-                    obs.answered(model.name, b"".join(last), time.monotonic() - first)
         except asyncio.CancelledError:
             if not request.app[INFLIGHT].stopping:
                 raise  # the client left
@@ -166,6 +162,12 @@ async def relay(request: web.Request, http: aiohttp.ClientSession, model: Model,
             else:
                 request.transport and request.transport.close()
                 return response
+        finally:
+            # also when the client hung up as soon as it had the answer's end, before the backend's EOF
+            if obs is not None and last:
+                obs.first_byte = first
+                if upstream.status == 200:
+                    obs.answered(model.name, b"".join(last), time.monotonic() - first)
         await response.write_eof()
         return response
 

@@ -34,7 +34,7 @@ def attach(app: web.Application, events: EventBus) -> None:
     recent: deque = deque(maxlen=100)
     app[RECENT] = recent
     app[EVENTS] = events
-    events.subscribe(RequestDone, lambda e: recent.append(e.as_json()) if e.model is not None else None)
+    events.subscribe(RequestDone, lambda e: recent.append(e) if e.model is not None else None)
 
 
 async def page(request: web.Request) -> web.Response:
@@ -61,7 +61,7 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         scheduler = request.app[SCHEDULER]
         await response.write(_sse("snapshot", {"status": status.snapshot(scheduler),
-                                               "requests": list(request.app[RECENT])}))
+                                               "requests": [e.as_json() for e in request.app[RECENT]]}))
         with live(request), contextlib.suppress(ConnectionError, asyncio.CancelledError):
             while True:
                 try:
