@@ -4,6 +4,7 @@ load phase from the journal in the loading progress, and the pure parsers behind
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -99,7 +100,6 @@ async def test_metrics_count_requests_in_flight_and_queued(deploy):
     b = deploy.scripted_unit("b", {})
     daemon = deploy.up({"a": {"unit": a.unit, "url": a.url}, "b": {"unit": b.unit, "url": b.url}}, min_loaded="1m")
     async with aiohttp.ClientSession() as http:
-        import asyncio
         slow = asyncio.ensure_future(http.post(daemon.url + "/v1/chat/completions", json=chat_body("a")))
         other = asyncio.ensure_future(http.post(daemon.url + "/v1/embeddings", json={"model": "b", "input": "x"}))
         deadline = time.monotonic() + 30
