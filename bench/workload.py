@@ -249,7 +249,9 @@ class Workload:
                             rec["error"] = f"asked for {model}, answered by {ev['model']}"
                         for ch in ev.get("choices") or []:
                             d = ch.get("delta") or {}
-                            if ttft is None and (d.get("content") or d.get("reasoning_content")):
+                            # the model's first token: llm-switch's loading progress (reasoning_content
+                            # while the request waits) is not one
+                            if ttft is None and d.get("content"):
                                 ttft = now
                         if ev.get("usage"):
                             rec["prompt_tokens"] = ev["usage"].get("prompt_tokens")
