@@ -10,6 +10,10 @@ SPEC (JSON object):
     concurrency  clients at once
     count        requests in all ("requests" mode; "streams" mode: one stream per client)
     warmup       requests before the timed part ("requests" mode; default 0)
+    connection   "keep-alive" (default: each client reuses its connection) | "new" (a new
+                 connection for every request, closed after the answer; "requests" mode)
+    client       "aiohttp" (default) | "httpx": httpx's synchronous Client, the one the OpenAI
+                 and Anthropic SDKs use ("requests" mode, concurrency 1)
     start_at     optional unix time: sleep until then before the timed part (several
                  processes start one burst together)
     timeout      seconds for the whole run (default 300); requests still open then are errors
@@ -69,13 +73,65 @@ async def _sleep_until(start_at: float | None) -> None:
             await asyncio.sleep(delay)
 
 
+def _requests_result(conc: int, wall: float, latencies: list[float], errors: Errors, raw: bool) -> dict:
+    out = {"mode": "requests", "concurrency": conc, "wall_s": wall,
+           "throughput_rps": len(latencies) / wall if wall else None,
+           "errors": errors.count, "error_examples": errors.examples, **summary_ms(latencies)}
+    if raw:
+        out["latencies_ms"] = [round(v * 1000, 4) for v in latencies]
+    return out
+
+
+def run_requests_httpx(spec: dict) -> dict:
+    """One client in a loop with httpx's synchronous Client, as the OpenAI SDK sends requests."""
+    import httpx
+
+    if int(spec["concurrency"]) != 1:
+        raise ValueError("client httpx: concurrency 1 only")
+    url, payload = spec["url"], json.dumps(spec["body"]).encode()
+    count, warmup = int(spec["count"]), int(spec.get("warmup", 0))
+    headers = {"Content-Type": "application/json"}
+    errors = Errors()
+    latencies: list[float] = []
+    keepalive = 0 if spec.get("connection") == "new" else 1  # 0: the pool closes each connection after use
+    deadline = time.monotonic() + float(spec.get("timeout", 300))
+    with httpx.Client(timeout=60, limits=httpx.Limits(max_keepalive_connections=keepalive)) as http:
+
+        def one(record: bool) -> None:
+            t0 = time.perf_counter()
+            try:
+                r = http.post(url, content=payload, headers=headers)
+            except httpx.HTTPError as e:
+                errors.add(f"{type(e).__name__}: {e}")
+                return
+            if r.status_code != 200:
+                errors.add(f"HTTP {r.status_code}: {r.content[:200]!r}")
+                return
+            if record:
+                latencies.append(time.perf_counter() - t0)
+
+        for _ in range(warmup):
+            one(False)
+        start_at = spec.get("start_at")
+        if start_at and 0 < start_at - time.time() < 60:
+            time.sleep(start_at - time.time())
+        t0 = time.perf_counter()
+        for _ in range(count):
+            if time.monotonic() > deadline:
+                errors.add("timeout: the run took longer than its timeout")
+                break
+            one(True)
+        wall = time.perf_counter() - t0
+    return _requests_result(1, wall, latencies, errors, bool(spec.get("raw")))
+
+
 async def run_requests(spec: dict) -> dict:
     url, payload = spec["url"], json.dumps(spec["body"]).encode()
     conc, count, warmup = int(spec["concurrency"]), int(spec["count"]), int(spec.get("warmup", 0))
     headers = {"Content-Type": "application/json"}
     errors = Errors()
     latencies: list[float] = []
-    connector = aiohttp.TCPConnector(limit=conc, force_close=False)
+    connector = aiohttp.TCPConnector(limit=conc, force_close=spec.get("connection") == "new")
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
 
         async def one(record: bool) -> None:
@@ -106,12 +162,7 @@ async def run_requests(spec: dict) -> dict:
         await asyncio.wait_for(asyncio.gather(*(worker(todo, True) for _ in range(conc))),
                                float(spec.get("timeout", 300)))
         wall = time.perf_counter() - t0
-    out = {"mode": "requests", "concurrency": conc, "wall_s": wall,
-           "throughput_rps": len(latencies) / wall if wall else None,
-           "errors": errors.count, "error_examples": errors.examples, **summary_ms(latencies)}
-    if spec.get("raw"):
-        out["latencies_ms"] = [round(v * 1000, 4) for v in latencies]
-    return out
+    return _requests_result(conc, wall, latencies, errors, bool(spec.get("raw")))
 
 
 async def run_streams(spec: dict) -> dict:
@@ -173,8 +224,11 @@ async def run_streams(spec: dict) -> dict:
 
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[1] if len(argv) > 1 else sys.stdin.read())
-    run = {"requests": run_requests, "streams": run_streams}[spec["mode"]]
-    result = asyncio.run(run(spec))
+    if spec["mode"] == "requests" and spec.get("client") == "httpx":
+        result = run_requests_httpx(spec)
+    else:
+        run = {"requests": run_requests, "streams": run_streams}[spec["mode"]]
+        result = asyncio.run(run(spec))
     print(json.dumps(result))
     return 0
 

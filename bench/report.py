@@ -18,9 +18,11 @@ def targets(res: dict) -> list[dict]:
     if "tiny" in sl:
         v = sl["tiny"]["switch_vs_router"]
         add("tiny: switch / router", v, "≤ 1.5", v is not None and v <= 1.5)
-    if "relay" in res:
-        v = res["relay"]["scripted"]["c1"]["added_p50_ms"]
-        add("added p50 per request, c=1 (ms)", v, "< 1", v is not None and v < 1)
+    for cell in res.get("relay", {}).get("cells", []):
+        if cell["client"] == "httpx" and cell["connection"] == "keep-alive":
+            v = cell["switch"]["added_p50_ms_paired"]
+            add(f"added p50, {cell['backend']} {cell['path']}, keep-alive (ms, paired)", v, "< 1",
+                v is not None and v < 1)
     if "streaming" in res:
         v = res["streaming"]["rate_ratio"]
         add("streaming relay / direct chunk rate", v, "≥ 0.80", v is not None and v >= 0.8)
@@ -75,25 +77,26 @@ def table(res: dict) -> str:
                          f"health {ms(fb.get('health_s'))} + request {ms(fb.get('request_s'))}; llm-switch's own "
                          f"/status: stopped {ms(sb.get('stopped_s'))} + ready {ms(sb.get('ready_s'))}")
     if "relay" in res:
-        lines += ["", "2. Relay overhead, non-streaming: 1-token chat requests, model loaded, closed loop", "",
-                  "| backend | clients | direct p50 / p99 | llm-switch p50 / p99 | added p50 | direct req/s | "
-                  "llm-switch req/s | daemon CPU per request (busy) |", "|---|---|---|---|---|---|---|---|"]
-        for backend, rows in (("scripted", res["relay"]["scripted"]), ("llama-server", res["relay"]["llama_server"])):
-            for key, row in rows.items():
-                if not key.startswith("c"):
-                    continue
-                d, s = row["direct"], row["switch"]
-                lines.append(f"| {backend} | {key[1:]} | {fmt(d['p50_ms'], '', 2)} / {fmt(d['p99_ms'], ' ms', 2)} | "
-                             f"{fmt(s['p50_ms'], '', 2)} / {fmt(s['p99_ms'], ' ms', 2)} | "
-                             f"{fmt(row['added_p50_ms'], ' ms', 2)} | {fmt(d['throughput_rps'], '', 0)} | "
-                             f"{fmt(s['throughput_rps'], '', 0)} | {fmt(s.get('daemon_cpu_us_per_request'), ' µs', 0)} "
-                             f"({fmt(s.get('daemon_cpu_busy'), '', 2)}) |")
-                for v in (k for k in row if k.startswith("variant:")):
-                    w = row[v]
-                    lines.append(f"| {backend}, {v} | {key[1:]} | | {fmt(w['p50_ms'], '', 2)} / "
-                                 f"{fmt(w['p99_ms'], ' ms', 2)} | {fmt(w['added_p50_ms'], ' ms', 2)} | | "
-                                 f"{fmt(w['throughput_rps'], '', 0)} | "
-                                 f"{fmt(w.get('daemon_cpu_us_per_request'), ' µs', 0)} |")
+        rl = res["relay"]
+        lines += ["", f"2. Relay overhead, non-streaming: 1-token requests, model loaded, closed loop; "
+                  f"{rl['passes']} passes, the targets of a cell back to back (load average "
+                  f"{rl['loadavg_start'][0]:.2f} → {rl['loadavg_end'][0]:.2f})", "",
+                  "| backend | API | client | connection | clients | direct p50 / p99 | llm-switch p50 / p99 | "
+                  "added p50 (paired) | direct req/s | llm-switch req/s | daemon CPU per request |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for row in rl["cells"]:
+            d, s = row["direct"], row["switch"]
+            lines.append(f"| {row['backend']} | {row['path']} | {row['client']} | {row['connection']} | "
+                         f"{row['concurrency']} | {fmt(d['p50_ms'], '', 2)} / {fmt(d['p99_ms'], ' ms', 2)} | "
+                         f"{fmt(s['p50_ms'], '', 2)} / {fmt(s['p99_ms'], ' ms', 2)} | "
+                         f"{fmt(s['added_p50_ms'], '', 2)} ({fmt(s['added_p50_ms_paired'], ' ms', 2)}) | "
+                         f"{fmt(d['throughput_rps'], '', 0)} | {fmt(s['throughput_rps'], '', 0)} | "
+                         f"{fmt(s.get('daemon_cpu_us_per_request'), ' µs', 0)} |")
+            for v in (k for k in row if k.startswith("variant:")):
+                w = row[v]
+                lines.append(f"| {v} | | | | | | {fmt(w['p50_ms'], '', 2)} / {fmt(w['p99_ms'], ' ms', 2)} | "
+                             f"{fmt(w['added_p50_ms'], '', 2)} ({fmt(w['added_p50_ms_paired'], ' ms', 2)}) | | "
+                             f"{fmt(w['throughput_rps'], '', 0)} | {fmt(w.get('daemon_cpu_us_per_request'), ' µs', 0)} |")
     if "streaming" in res:
         st = res["streaming"]
         lines += ["", f"3. Relay overhead, streaming: one stream of {st['events_per_stream']} SSE chunks from a "

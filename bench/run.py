@@ -65,6 +65,8 @@ SIZES = {
 PHASES = ("switch", "relay", "stream", "clients")
 HEALTH_POLL_S = 0.005
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+PROMPT = {"prompt": "hi", "max_tokens": 1}
+PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 CHUNK = json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": "bench",
                     "choices": [{"index": 0, "delta": {"content": "tok"}, "finish_reason": None}]},
                    separators=(",", ":"))
@@ -72,15 +74,35 @@ COMPLETION = {"id": "chatcmpl-bench", "object": "chat.completion", "created": 0,
               "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
 
+TEXT_COMPLETION = {"id": "cmpl-bench", "object": "text_completion", "created": 0, "model": "fast",
+                   "choices": [{"index": 0, "text": "ok", "finish_reason": "stop", "logprobs": None}],
+                   "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+@dataclass(frozen=True)
+class RelayCell:
+    """One measurement of the relay: which backend, API, client and connection handling."""
+
+    backend: str      # "scripted" | "llama_server"
+    path: str         # "chat" | "completions"
+    client: str       # "httpx" (synchronous, as the OpenAI SDK) | "aiohttp"
+    connection: str   # "keep-alive" | "new" (a new connection per request)
+    concurrency: int
+    count: int        # timed requests per block
+
+    @property
+    def key(self) -> str:
+        return f"{self.backend}/{self.path}/{self.client}/{self.connection}/c{self.concurrency}"
+
 
 @dataclass
 class Plan:
     sizes: tuple[str, ...]
     passes: int              # switch latency: blocks of each method, order rotated per pass
     rounds: dict[str, int]   # switch latency: timed switches per block, by size
-    relay_count: dict[int, int]        # scripted backend: requests per block, by concurrency
-    relay_llama_count: dict[int, int]  # llama-server: requests per block, by concurrency
-    relay_reps: int
+    relay_c1: dict[str, int]                # one client: requests per block, by backend
+    relay_busy: dict[str, tuple[int, int]]  # many clients: (concurrency, requests per block), by backend
+    relay_reps: int                         # passes over every relay cell
     stream_events: int
     stream_reps: int
     clients: int
@@ -91,14 +113,16 @@ class Plan:
     @classmethod
     def full(cls) -> Plan:
         return cls(sizes=("tiny", "large"), passes=6, rounds={"tiny": 8, "large": 5},
-                   relay_count={1: 2000, 32: 6000}, relay_llama_count={1: 300, 4: 600}, relay_reps=2,
+                   relay_c1={"scripted": 600, "llama_server": 200},
+                   relay_busy={"scripted": (32, 6000), "llama_server": (4, 600)}, relay_reps=3,
                    stream_events=100000, stream_reps=3, clients=300, client_procs=2,
                    paced_events=40, paced_interval=0.05)
 
     @classmethod
     def quick(cls) -> Plan:
         return cls(sizes=("tiny",), passes=1, rounds={"tiny": 4, "large": 2},
-                   relay_count={1: 200, 32: 400}, relay_llama_count={1: 20, 4: 40}, relay_reps=1,
+                   relay_c1={"scripted": 60, "llama_server": 20},
+                   relay_busy={"scripted": (32, 400), "llama_server": (4, 40)}, relay_reps=1,
                    stream_events=5000, stream_reps=1, clients=40, client_procs=1,
                    paced_events=10, paced_interval=0.02)
 
@@ -249,7 +273,8 @@ class Bench:
                 log_path=logs / f"router-{size}.log"))
         p = self.plan
         scripts = {
-            "fast": {"model": "fast", "routes": {"/v1/chat/completions": {"json": COMPLETION}}},
+            "fast": {"model": "fast", "routes": {"/v1/chat/completions": {"json": COMPLETION},
+                                                "/v1/completions": {"json": TEXT_COMPLETION}}},
             "stream": {"model": "stream", "routes": {"/v1/chat/completions": {
                 "sse": {"repeat": CHUNK, "count": p.stream_events}}}},
             "paced": {"model": "paced", "routes": {"/v1/chat/completions": {
@@ -454,68 +479,89 @@ class Bench:
 
     # -- 2. relay, non-streaming
 
-    async def relay_pair(self, direct_base: str, model: str, counts: dict[int, int], reps: int) -> dict:
-        body = {"model": model, **CHAT}
-        out = {}
+    def relay_cells(self, backend: str) -> list[RelayCell]:
+        """Per backend: one client (httpx, as the OpenAI SDK; keep-alive and a new connection per
+        request; chat and completions), one aiohttp keep-alive client (the figure of earlier runs),
+        and several aiohttp clients at once (throughput)."""
+        n1 = self.plan.relay_c1[backend]
+        conc, n = self.plan.relay_busy[backend]
+        cells = [RelayCell(backend, path, "httpx", conn, 1, n1)
+                 for conn in ("keep-alive", "new") for path in ("chat", "completions")]
+        return cells + [RelayCell(backend, "chat", "aiohttp", "keep-alive", 1, n1),
+                        RelayCell(backend, "chat", "aiohttp", "keep-alive", conc, n)]
+
+    async def relay_backend(self, backend: str, direct_base: str, model: str) -> list[dict]:
+        """Every cell of `backend`, for each target in turn (the order rotated per cell and pass),
+        over several passes: the targets of a cell run back to back, under the same noise."""
         targets = ["direct", *self.daemon_targets()]
-        for target in targets[2:]:
-            await self.load_via_daemon(model, target)  # the unit runs already: no restart
-        for conc, count in counts.items():
-            lat: dict[str, list[float]] = {t: [] for t in targets}
-            wall = {t: 0.0 for t in targets}
-            errors = {t: 0 for t in targets}
-            cpu = {t: 0.0 for t in targets}  # the daemon's CPU seconds while it relayed (warm-up included)
-            for rep in range(reps):
-                order = targets[rep % len(targets):] + targets[:rep % len(targets)]
+        for target in targets[1:]:
+            await self.load_via_daemon(model, target)  # exclusive: the others' model stops
+        if len(targets) > 2:
+            await self.load_via_daemon(model)  # one unit serves all daemons: keep it running
+        cells = self.relay_cells(backend)
+        lat = {c: {t: [] for t in targets} for c in cells}
+        passes = {c: [] for c in cells}  # per pass: {target: p50}
+        wall = {c: {t: 0.0 for t in targets} for c in cells}
+        cpu = {c: {t: 0.0 for t in targets} for c in cells}  # the daemon's CPU while it relayed, warm-up included
+        sent = {c: {t: 0 for t in targets} for c in cells}
+        k = 0
+        for rep in range(self.plan.relay_reps):
+            for cell in cells:
+                order = targets[k % len(targets):] + targets[:k % len(targets)]
+                k += 1
+                medians = {}
                 for target in order:
                     base = direct_base if target == "direct" else self.base(target)
                     pid = self.daemon_pid(target)
                     cpu0 = proc_cpu_s(pid) if pid else 0.0
-                    async with self.profiling(target == "switch" and rep == 0, f"relay-{model}-c{conc}"):
-                        r = await self.loadgen({"mode": "requests", "url": f"{base}/v1/chat/completions",
-                                                "body": body, "concurrency": conc, "count": count,
-                                                "warmup": max(conc * 2, count // 10), "raw": True})
+                    warmup = max(cell.concurrency * 2, 20, cell.count // 10)
+                    body = {"model": model, **(CHAT if cell.path == "chat" else PROMPT)}
+                    async with self.profiling(target == "switch" and rep == 0, f"relay-{cell.key}"):
+                        r = await self.loadgen({"mode": "requests", "url": f"{base}{PATHS[cell.path]}", "body": body,
+                                                "concurrency": cell.concurrency, "count": cell.count,
+                                                "warmup": warmup, "client": cell.client,
+                                                "connection": cell.connection, "raw": True})
                     if pid:
-                        cpu[target] += proc_cpu_s(pid) - cpu0
-                    lat[target] += r["latencies_ms"]
-                    wall[target] += r["wall_s"]
-                    errors[target] += r["errors"]
+                        cpu[cell][target] += proc_cpu_s(pid) - cpu0
+                    sent[cell][target] += cell.count + warmup
+                    lat[cell][target] += r["latencies_ms"]
+                    wall[cell][target] += r["wall_s"]
+                    medians[target] = r["p50_ms"]
                     if r["errors"]:
-                        self.errors.append(f"relay {model} c={conc} {target}: {r['error_examples']}")
-            row = {}
+                        self.errors.append(f"relay {cell.key} {target}: {r['error_examples']}")
+                passes[cell].append(medians)
+        out = []
+        for cell in cells:
+            row: dict = asdict(cell)
             for target in targets:
-                row[target] = {"n": len(lat[target]), "p50_ms": rnd(pct(lat[target], 50), 3),
-                               "p99_ms": rnd(pct(lat[target], 99), 3),
-                               "throughput_rps": rnd(len(lat[target]) / wall[target], 1) if wall[target] else None,
-                               "errors": errors[target]}
+                v = lat[cell][target]
+                row[target] = {"n": len(v), "p50_ms": rnd(pct(v, 50), 3), "p99_ms": rnd(pct(v, 99), 3),
+                               "throughput_rps": rnd(len(v) / wall[cell][target], 1) if wall[cell][target] else None}
                 if target != "direct":
-                    n_all = len(lat[target]) + reps * max(conc * 2, count // 10)
-                    row[target]["daemon_cpu_us_per_request"] = rnd(cpu[target] * 1e6 / n_all, 1)
-                    # share of one core the daemon used at the measured rate
-                    rate = len(lat[target]) / wall[target] if wall[target] else 0
-                    row[target]["daemon_cpu_busy"] = rnd(cpu[target] / n_all * rate, 2)
-            row["added_p50_ms"] = rnd(row["switch"]["p50_ms"] - row["direct"]["p50_ms"], 3)
-            row["added_p99_ms"] = rnd(row["switch"]["p99_ms"] - row["direct"]["p99_ms"], 3)
-            row["throughput_ratio"] = rnd(ratio(row["switch"]["throughput_rps"], row["direct"]["throughput_rps"]), 3)
-            for target in targets[2:]:
-                row[target]["added_p50_ms"] = rnd(row[target]["p50_ms"] - row["direct"]["p50_ms"], 3)
-                row[target]["throughput_ratio"] = rnd(ratio(row[target]["throughput_rps"],
-                                                            row["direct"]["throughput_rps"]), 3)
-            out[f"c{conc}"] = row
-            log(f"relay {model} c={conc}: p50 direct {row['direct']['p50_ms']} ms, switch "
-                f"{row['switch']['p50_ms']} ms; {row['direct']['throughput_rps']} vs "
-                f"{row['switch']['throughput_rps']} req/s")
+                    c = cpu[cell][target]
+                    row[target]["daemon_cpu_us_per_request"] = rnd(c * 1e6 / sent[cell][target], 1)
+                    row[target]["added_p50_ms"] = rnd(row[target]["p50_ms"] - row["direct"]["p50_ms"], 3)
+                    row[target]["added_p50_ms_paired"] = rnd(median(
+                        [pp[target] - pp["direct"] for pp in passes[cell] if pp[target] and pp["direct"]]), 3)
+                    row[target]["added_p99_ms"] = rnd(row[target]["p99_ms"] - row["direct"]["p99_ms"], 3)
+                    row[target]["throughput_ratio"] = rnd(ratio(row[target]["throughput_rps"],
+                                                                row["direct"]["throughput_rps"]), 3)
+            row["per_pass_p50_ms"] = [{t: rnd(v, 3) for t, v in pp.items()} for pp in passes[cell]]
+            out.append(row)
+            log(f"relay {cell.key}: p50 direct {row['direct']['p50_ms']} ms, switch {row['switch']['p50_ms']} ms "
+                f"(+{row['switch']['added_p50_ms']}, paired +{row['switch']['added_p50_ms_paired']})"
+                + "".join(f", {t} +{row[t]['added_p50_ms']} (paired +{row[t]['added_p50_ms_paired']})"
+                          for t in targets[2:]))
         return out
 
     async def relay(self) -> dict:
         await self.stop_everything()
-        await self.load_via_daemon("fast")
-        scripted = await self.relay_pair(self.scripted["fast"]["url"], "fast", self.plan.relay_count,
-                                         self.plan.relay_reps)
+        load0 = os.getloadavg()
+        cells = await self.relay_backend("scripted", self.scripted["fast"]["url"], "fast")
         llama_model = f"{self.plan.sizes[0]}-a"
-        await self.load_via_daemon(llama_model)
-        llama = await self.relay_pair(self.llama_url, llama_model, self.plan.relay_llama_count, self.plan.relay_reps)
-        return {"scripted": scripted, "llama_server": {"model": llama_model, **llama}}
+        cells += await self.relay_backend("llama_server", self.llama_url, llama_model)
+        return {"passes": self.plan.relay_reps, "llama_model": llama_model, "loadavg_start": load0,
+                "loadavg_end": os.getloadavg(), "cells": cells}
 
     # -- 3. relay, streaming
 

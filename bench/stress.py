@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--daemon-python", metavar="EXE", default=sys.executable,
                     help="run llm-switch as EXE -m llm_switch serve …")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--min-loaded", metavar="DURATION",
+                    help="the config's min_loaded (e.g. 1s; default: the daemon's, 5 s): how long a loaded model "
+                    "stays before another model's requests may evict it")
     ap.add_argument("--exclusive", action="store_true",
                     help="no memory_budget or memory keys: the daemon runs one model at a time (a daemon without "
                     "the budget takes only this config; the same checks apply)")
@@ -196,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = size_bytes(BUDGET)
     rng = random.Random(args.seed)
     jobs = [(rng.choice(MODELS), rng.random() < args.stream_share) for _ in range(args.requests)]
-    res: dict = {"exclusive": args.exclusive, "requests": args.requests, "clients": args.clients, "memory": {m: MEMORY for m in MODELS},
+    res: dict = {"exclusive": args.exclusive, "min_loaded": args.min_loaded, "requests": args.requests, "clients": args.clients, "memory": {m: MEMORY for m in MODELS},
                  "budget": BUDGET, "shared_url": list(SHARED_URL),
                  "machine": machine_info(llama[0], llama[1], None if args.daemon_python == sys.executable
                                          else args.daemon_python)}
@@ -212,12 +215,13 @@ def main(argv: list[str] | None = None) -> int:
         shared_port, own_port = harness.free_port(), harness.free_port()
         backends = {m: dep.llama_unit(m, paths[m], alias=m, port=shared_port if m in SHARED_URL else own_port)
                     for m in MODELS}
+        top = {"min_loaded": args.min_loaded} if args.min_loaded else {}
         if args.exclusive:
             config = dep.write_config({m: {"unit": b.unit, "url": b.url} for m, b in backends.items()},
-                                      health_timeout=120)
+                                      health_timeout=120, **top)
         else:
             config = dep.write_config({m: {"unit": b.unit, "url": b.url, "memory": MEMORY}
-                                       for m, b in backends.items()}, memory_budget=BUDGET, health_timeout=120)
+                                       for m, b in backends.items()}, memory_budget=BUDGET, health_timeout=120, **top)
         try:
             daemon = dep.start(config, python=args.daemon_python)
         except harness.HarnessError as exc:
@@ -254,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     print(f"stress: {args.requests} requests ({res['by_model']}) from {args.clients} clients in {res['wall_s']} s; "
-          f"budget {BUDGET}, each model {MEMORY}, {' and '.join(SHARED_URL)} share a URL")
+          f"budget {BUDGET}, each model {MEMORY}, {' and '.join(SHARED_URL)} share a URL"
+          + (f", min_loaded {args.min_loaded}" if args.min_loaded else "") + f"; load average {os.getloadavg()[0]:.2f}")
     print(f"  lost requests:         {res['lost']}" + (f"  (first: {res['lost_examples'][0]})" if lost else ""))
     print(f"  latency:               p50 {res['latency_p50_s']} s, p95 {res['latency_p95_s']} s, "
           f"max {res['latency_max_s']} s")

@@ -38,16 +38,20 @@ def test_bench_quick_runs_end_to_end(tmp_path):
         assert _number(tiny[key]) and tiny[key] > 0, key
     assert set(tiny["floor"]["breakdown_median_s"]) == {"stop_s", "start_job_s", "health_s", "request_s"}
 
+    cells = data["relay"]["cells"]
+    # per backend: httpx keep-alive and new connection × chat and completions, aiohttp 1 and many clients
     for backend in ("scripted", "llama_server"):
-        rows = [v for k, v in data["relay"][backend].items() if k.startswith("c")]
-        assert len(rows) == 2, backend
-        for row in rows:
-            for target in ("direct", "switch"):
-                assert row[target]["errors"] == 0
-                assert row[target]["n"] > 0
-                for key in ("p50_ms", "p99_ms", "throughput_rps"):
-                    assert _number(row[target][key]) and row[target][key] > 0, (backend, target, key)
-            assert _number(row["added_p50_ms"])
+        mine = [c for c in cells if c["backend"] == backend]
+        assert {(c["client"], c["connection"], c["path"]) for c in mine if c["concurrency"] == 1} == {
+            ("httpx", conn, path) for conn in ("keep-alive", "new") for path in ("chat", "completions")
+        } | {("aiohttp", "keep-alive", "chat")}, backend
+        assert any(c["concurrency"] > 1 for c in mine), backend
+    for row in cells:
+        for target in ("direct", "switch"):
+            assert row[target]["n"] > 0
+            for key in ("p50_ms", "p99_ms", "throughput_rps"):
+                assert _number(row[target][key]) and row[target][key] > 0, (row, target, key)
+        assert _number(row["switch"]["added_p50_ms"]) and _number(row["switch"]["added_p50_ms_paired"])
 
     st = data["streaming"]
     for target in ("direct", "switch"):
@@ -68,6 +72,8 @@ def test_bench_quick_runs_end_to_end(tmp_path):
 
     assert _number(data["daemon"]["peak_rss_mb_whole_run"]) and data["daemon"]["peak_rss_mb_whole_run"] > 0
     assert _number(data["daemon"]["cpu_s_total"])
-    assert {t["target"] for t in data["targets"]} >= {"tiny: switch / router", "added p50 per request, c=1 (ms)",
-                                                      "streaming relay / direct chunk rate"}
+    assert {t["target"] for t in data["targets"]} >= {
+        "tiny: switch / router", "streaming relay / direct chunk rate",
+        *(f"added p50, {b} {p}, keep-alive (ms, paired)" for b in ("scripted", "llama_server")
+          for p in ("chat", "completions"))}
     assert all(t["value"] is not None for t in data["targets"])
