@@ -36,10 +36,13 @@ class SlotReply:
 
 
 class Backends:
-    """One HTTP client session per backend URL.
+    """One HTTP client session per backend URL, with a new connection for each request.
 
-    Before a model is stopped its idle keep-alive connections are closed: llama-server's shutdown
-    waits for them (it looks at idle sockets only every few milliseconds)."""
+    Not keep-alive, for two faults of reusing connections to llama-server: it serves each
+    connection on one of a few HTTP threads (`--threads-http`, by default its slots + 2) until
+    that connection has been idle for 5 s, so with more pooled connections than threads a request
+    could wait 5 s for a thread; and it closes a connection idle for 5 s, so one reused just then
+    failed ("Server disconnected"). A connection on loopback costs far less than either."""
 
     def __init__(self) -> None:
         self._sessions: dict[str, aiohttp.ClientSession] = {}
@@ -59,7 +62,7 @@ class Backends:
         if session is None or session.closed:
             # limit=0: streaming clients each hold a connection; llama-server queues beyond its slots
             session = self._sessions[url] = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
+                connector=aiohttp.TCPConnector(limit=0, force_close=True), auto_decompress=False,
                 skip_auto_headers=("Accept-Encoding", "User-Agent"))
         return session
 
