@@ -112,7 +112,7 @@ async def test_idle_unload_stops_an_idle_model(deploy, tiny_models, user_manager
     assert user_manager.active_units(f"*-{deploy.tag}@*") == [a.unit]
     wait_for(lambda: user_manager.active_units(f"*-{deploy.tag}@*") == [], 30, what=f"{a.unit} to be unloaded")
     assert {m["model"]: m["state"] for m in daemon.get_json("/status")["models"]} == {"a": "stopped"}
-    assert "unloaded a: idle longer than idle_unload" in daemon.log()
+    wait_for(lambda: "unloaded a: idle longer than idle_unload" in daemon.log(), 10, what="the unload's log line")
 
 
 async def test_preload_starts_a_model_without_a_request(deploy, tiny_models, user_manager):
