@@ -25,6 +25,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import harness  # noqa: E402
+from loadgen import pct  # noqa: E402,F401  (one percentile for every bench)
 
 SPAWN_RE = re.compile(r"spawning server instance with name=(\S+)")
 
@@ -35,15 +36,6 @@ def log(msg: str, tag: str = "bench") -> None:
 
 def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
-
-
-def pct(values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile (p in 0..100), as bench/loadgen.py computes it."""
-    if not values:
-        return None
-    s = sorted(values)
-    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
-    return s[k]
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -113,7 +105,7 @@ def machine_info(server: str, server_env: dict[str, str], daemon_python: str | N
 
 def text(rng: random.Random, chars: int) -> str:
     """ASCII filler of exactly ``chars`` characters. The generated vocabulary has no merges, so
-    this is one token per character (TESTING.md)."""
+    this is one token per character (docs/testing.md)."""
     words = []
     n = 0
     while n < chars:

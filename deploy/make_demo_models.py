@@ -37,7 +37,7 @@ def _vocab() -> tuple[list[str], list[float], list[int]]:
     tokens = ["<unk>", "<s>", "</s>"]
     types = [2, 3, 3]
     # Byte tokens for 0x00..0x7F only: above 0x7F, random sampling emits invalid UTF-8 and
-    # llama-server's chat parser answers 500 (TESTING.md).
+    # llama-server's chat parser answers 500 (docs/testing.md).
     for byte in range(0x80):
         tokens.append(f"<0x{byte:02X}>")
         types.append(6)

@@ -10,7 +10,7 @@ Everything fails loudly with :class:`HarnessError`; nothing skips.
 - :func:`llama_unit_text`, :func:`scripted_unit_text`: unit files for the manager.
 - :class:`Daemon`: ``python -m llm_switch serve --config PATH`` as a user starts it.
 
-See ../shared/TESTING.md for why each part looks the way it does.
+See docs/testing.md for why each part looks the way it does.
 """
 
 from __future__ import annotations
