@@ -28,14 +28,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
-import inspect
 import json
 import os
-import platform
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,7 +47,8 @@ sys.path.insert(0, str(BENCH))
 
 import harness  # noqa: E402
 from llm_switch.units.systemd import Systemd  # noqa: E402
-from loadgen import pct  # noqa: E402
+import benchkit  # noqa: E402
+from benchkit import log, machine_info, median, pct, ratio, rnd  # noqa: E402
 from profiling import Profiler  # noqa: E402
 from report import table, targets  # noqa: E402
 
@@ -129,80 +125,16 @@ class Plan:
 
 # -- small helpers ------------------------------------------------------------------------------
 
-def median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
-def rnd(x: float | None, digits: int = 4) -> float | None:
-    return None if x is None else round(x, digits)
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 class BenchError(RuntimeError):
     pass
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("LLM_SWITCH_BENCH_CACHE") or BENCH / ".cache")
-
-
 def ensure_models(size: str) -> dict[str, Path]:
     """Two models of `size` (seeds 1 and 2) in their own directory (router mode reads the whole
-    directory and names each model by its file stem). Generated once, reused while the recorded
-    parameters and the generator's source match."""
-    recipe = hashlib.sha256(inspect.getsource(harness.make_model).encode()).hexdigest()[:16]
-    params = {"seed_a": 1, "seed_b": 2, **SIZES[size], "recipe": recipe}  # a changed generator regenerates
-    d = cache_dir() / "models" / size
-    stamp = d / "params.json"
-    paths = {name: d / f"{size}-{name}.gguf" for name in ("a", "b")}
-    if stamp.exists() and json.loads(stamp.read_text()) == params and all(p.exists() for p in paths.values()):
-        return paths
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    for name, seed in (("a", 1), ("b", 2)):
-        t0 = time.monotonic()
-        harness.make_model(paths[name], seed, **SIZES[size])
-        log(f"generated {paths[name]} ({paths[name].stat().st_size / 1e6:.1f} MB) in {time.monotonic() - t0:.1f} s")
-    stamp.write_text(json.dumps(params))
-    return paths
+    directory and names each model by its file stem)."""
+    paths = benchkit.ensure_models(size, {f"{size}-{n}": {"seed": seed, **SIZES[size]} for n, seed in (("a", 1), ("b", 2))})
+    return {n: paths[f"{size}-{n}"] for n in ("a", "b")}
 
-
-def machine_info(server: str, server_env: dict[str, str]) -> dict:
-    info: dict = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                  "aiohttp": aiohttp.__version__, "loadavg_start": os.getloadavg()}
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in lscpu.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("Model name", "CPU(s)", "Thread(s) per core", "Hypervisor vendor"):
-                info[key.strip()] = value.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        out = subprocess.run([server, "--version"], capture_output=True, text=True, timeout=30,
-                             env={**os.environ, **server_env})
-        info["llama_server"] = " ".join((out.stdout + out.stderr).split())[:200]
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"], capture_output=True,
-                               text=True, timeout=10).stdout.split("\n")
-        info["git"] = head + (" (src modified)" if any(line.strip() for line in dirty) else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return info
-
-
-# -- the daemon's process -----------------------------------------------------------------------
 
 def proc_cpu_s(pid: int) -> float:
     """utime + stime of a process, in seconds."""
@@ -733,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         if not py_spy:
             ap.error("--profile needs py-spy: pip install py-spy, or set $PY_SPY")
     server, server_env = harness.find_llama_server()
-    info = machine_info(server, server_env)
+    info = {**machine_info(server, server_env), "aiohttp": aiohttp.__version__}
     models = {size: ensure_models(size) for size in plan.sizes}
     work = Path(tempfile.mkdtemp(prefix="llm-switch-bench-"))
     log(f"work directory {work}")

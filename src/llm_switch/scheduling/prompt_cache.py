@@ -30,7 +30,8 @@ from .model import ModelRuntime
 log = logging.getLogger(__name__)
 
 FILE = re.compile(r"^(?P<identity>[0-9a-f]{16})-slot(?P<slot>\d+)-(?P<tokens>\d+)\.bin$")
-_SAVING = ".saving"  # a file llama-server is writing, renamed once its token count is known
+_SAVING = ".saving"
+_NO_SAVE_PATH = "its backend has no --slot-save-path (add --slot-save-path {folder})"  # a file llama-server is writing, renamed once its token count is known
 
 
 def identity(path: str, size: int, mtime_ns: int) -> str:
@@ -145,7 +146,7 @@ class PromptCache:
                 mine[int(m["slot"])] = (path, int(m["tokens"]))
         if not mine:  # nothing to restore: ask whether it could save (erasing an empty slot costs nothing)
             if (await self._backends.slot_action(url, 0, "erase")).unsupported:
-                self._turn_off(mc, name, f"its backend has no --slot-save-path (add --slot-save-path {folder})")
+                self._turn_off(mc, name, _NO_SAVE_PATH.format(folder=folder))
             else:
                 mc.off = None
             return
@@ -155,7 +156,7 @@ class PromptCache:
         for slot, (path, expected) in sorted(mine.items()):
             reply = await self._backends.slot_action(url, slot, "restore", path.name)
             if reply.unsupported:
-                self._turn_off(mc, name, f"its backend has no --slot-save-path (add --slot-save-path {folder})")
+                self._turn_off(mc, name, _NO_SAVE_PATH.format(folder=folder))
                 return
             if not reply.ok:
                 log.warning("%s: slot %d not restored from %s: %s; file deleted", name, slot, path.name, reply.message)
@@ -203,7 +204,7 @@ class PromptCache:
             part = f"{ident}-slot{slot}{_SAVING}"
             reply = await self._backends.slot_action(url, slot, "save", part)
             if reply.unsupported:
-                self._turn_off(mc, name, f"its backend has no --slot-save-path (add --slot-save-path {folder})")
+                self._turn_off(mc, name, _NO_SAVE_PATH.format(folder=folder))
                 return
             if not reply.ok:
                 log.warning("%s: slot %d not saved: %s", name, slot, reply.message)
