@@ -77,7 +77,7 @@ class Server:
                          ", ".join(k.name for k in self.config.api_keys))
             if warning := exposure_warning(self.config):
                 log.warning("%s", warning)
-            notify("READY=1", f"STATUS={status_line(scheduler)}")
+            notify("READY=1", f"STATUS={status_line(scheduler.snapshot())}")
 
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -137,7 +137,7 @@ class Server:
         except SwitchError as e:
             log.error("reload refused, the running config stays in force: %s", e.message)
         finally:
-            notify("READY=1", f"STATUS={status_line(scheduler)}")
+            notify("READY=1", f"STATUS={status_line(scheduler.snapshot())}")
 
 
 class ConnectionLimit:

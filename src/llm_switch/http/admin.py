@@ -22,18 +22,19 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def running(request: web.Request) -> web.Response:
-    return web.json_response({"running": status.running(request.app[SCHEDULER])})
+    return web.json_response({"running": status.running(request.app[SCHEDULER].snapshot())})
 
 
 async def status_report(request: web.Request) -> web.Response:
-    return web.json_response(status.snapshot(request.app[SCHEDULER]))
+    return web.json_response(status.snapshot(request.app[SCHEDULER].snapshot()))
 
 
 async def load(request: web.Request) -> web.Response:
     """Start a model through the same queue and rules as a request for it."""
     scheduler = request.app[SCHEDULER]
     runtime = await scheduler.load(_model_name(scheduler, request))
-    return web.json_response({"loaded": runtime.name, "model": status.model_status(runtime)})
+    return web.json_response({"loaded": runtime.name,
+                              "model": scheduler.snapshot().models[runtime.name].as_json(with_cache=False)})
 
 
 async def unload(request: web.Request) -> web.Response:

@@ -44,7 +44,7 @@ def _resources(events: EventBus):
         backends = Backends()
         systemd = Systemd()
         scheduler = Scheduler(app[CONFIG], systemd, backends, events)
-        unsubscribe = keep_status(events, lambda: status_line(scheduler))
+        unsubscribe = keep_status(events, lambda: status_line(scheduler.snapshot()))
         try:
             await systemd.connect()
             await scheduler.adopt()

@@ -19,9 +19,9 @@ from aiohttp import web
 from .. import repair
 from ..backends.upstream import Answer
 from ..config import Config, Model
-from ..scheduling.model import ModelRuntime
 from ..scheduling.policy import State
 from ..scheduling.scheduler import Scheduler
+from ..scheduling.snapshot import ModelSnapshot
 from . import ollama_translate as tr
 from .keys import SCHEDULER
 from .proxy import model_named, read_json, switch_and_relay
@@ -52,11 +52,11 @@ def _details() -> dict:
             "quantization_level": ""}
 
 
-def _size(runtime: ModelRuntime) -> tuple[int, int]:
+def _size(model: ModelSnapshot) -> tuple[int, int]:
     """(size, size_vram): measured where known, else the declared memory."""
-    m = runtime.memory
+    m = model.measured
     ram, vram = (m.ram or 0, m.vram or 0) if m else (0, 0)
-    return (ram + vram) or (runtime.model.memory or 0), vram
+    return (ram + vram) or (model.declared or 0), vram
 
 
 # -- answers, translated ----------------------------------------------------------------------
@@ -184,19 +184,19 @@ async def tags(request: web.Request) -> web.Response:
 
 async def ps(request: web.Request) -> web.Response:
     """The models the switch runs (starting or ready), with Ollama's fields."""
-    scheduler = request.app[SCHEDULER]
-    now, mono = time.time(), time.monotonic()
+    snap = request.app[SCHEDULER].snapshot()
+    now, mono = time.time(), snap.at
     models = []
-    for name, runtime in scheduler.models.items():
-        if runtime.state not in (State.STARTING, State.READY):
+    for name, m in snap.models.items():
+        if m.state not in (State.STARTING, State.READY):
             continue
-        idle = runtime.model.idle_unload
+        idle = m.idle_unload
         if idle is None:
             expires = tr.FOREVER
         else:
-            idle_for = mono - runtime.idle_since if runtime.idle_since is not None else 0.0
+            idle_for = mono - m.idle_since if m.idle_since is not None else 0.0
             expires = tr.timestamp(now - idle_for + idle)
-        size, vram = _size(runtime)
+        size, vram = _size(m)
         models.append({"name": name, "model": name, "size": size, "digest": "", "details": _details(),
                        "expires_at": expires, "size_vram": vram})
     return web.json_response({"models": models})

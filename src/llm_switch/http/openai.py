@@ -9,7 +9,6 @@ from aiohttp import web
 
 from .. import repair
 from ..errors import UnknownModel
-from ..observe.status import model_status
 from ..scheduling.scheduler import Scheduler
 from . import auth
 from ..observe.metrics import observed
@@ -45,7 +44,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
 
 
 def _model_entry(scheduler: Scheduler, name: str) -> dict:
-    status = model_status(scheduler.models[name])
+    status = scheduler.snapshot().models[name].as_json(with_cache=False)
     return {"id": name, "object": "model", "created": 0, "owned_by": "llm-switch",
             "aliases": list(scheduler.config.models[name].aliases), "unit": status["unit"],
             "state": status["state"], "memory": status["memory"]}

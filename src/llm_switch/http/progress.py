@@ -35,8 +35,6 @@ from ..errors import ShuttingDown, SwitchError
 from ..events import LoadProgress, StateChanged
 from ..observe.metrics import observed
 from ..repair.sse import Event, SSEParser, format_event
-from ..scheduling.policy import State
-from ..units.journal import journal_tail, load_phase
 from .errors import in_band_error
 from .keys import INFLIGHT, SCHEDULER
 from .relay import Rewrite, is_event_stream
@@ -45,8 +43,6 @@ log = logging.getLogger(__name__)
 
 TICK = 1.0  # s between looks at what the request waits for
 REPEAT = 5.0  # s: the same line again after this long (the seconds so far), a keep-alive too
-_JOURNAL_EVERY = 1.0  # s: a loading unit's journal is read at most this often (for all streams)
-_journal_seen: dict[str, tuple[float, str | None]] = {}  # unit → (when read, the phase it showed)
 
 
 class Progress:
@@ -86,10 +82,10 @@ class Progress:
             return None
         await self._halt()
         if self.response is not None:
-            runtime = self.request.app[SCHEDULER].models.get(self.model.name)
+            m = self.request.app[SCHEDULER].snapshot().models.get(self.model.name)
             waited = time.monotonic() - self._since
-            if runtime is not None and runtime.load_s is not None and runtime.ready_at >= self._since:
-                text = f"{self.name} ready in {runtime.load_s:.1f} s"
+            if m is not None and m.load_s is not None and m.ready_at >= self._since:
+                text = f"{self.name} ready in {m.load_s:.1f} s"
             else:
                 text = f"{self.name} ready after {waited:.1f} s"
             await self._send(text)
@@ -195,38 +191,8 @@ class Progress:
 
     async def _what(self) -> tuple[str, float]:
         """What the request waits for now, and for how many seconds."""
-        scheduler = self.request.app[SCHEDULER]
         waited = time.monotonic() - self._since
-        r = scheduler.models.get(self.model.name)
-        if r is None:
-            return f"waiting for {self.name}", waited
-        if r.state is State.STARTING:
-            phase = await _load_phase(r.model.unit, r.since)
-            return f"loading {self.name}" + (f": {phase}" if phase else ""), max(0.0, time.time() - r.since)
-        others = [o for o in scheduler.models.values()
-                  if o is not r and (o.state is State.STOPPING or (o.draining and o.state is State.READY))]
-        if others:
-            said = [f"{o.name} finishes {o.in_flight} request(s)" if o.state is State.READY and o.in_flight
-                    else f"stopping {o.name}" for o in others]
-            return "; ".join(said) + f", then {self.name} loads", waited
-        position = scheduler.queue_position(r.name)
-        if position is not None and position > 1:
-            return f"waiting in the queue: position {position}", waited
-        if r.state is State.READY:
-            return f"{self.name} is loaded; waiting for its turn", waited
-        return f"waiting to load {self.name}", waited
-
-
-async def _load_phase(unit: str, since: float) -> str | None:
-    """The loading unit's phase from its journal lines since its start; shared by all streams."""
-    now = time.monotonic()
-    seen = _journal_seen.get(unit)
-    if seen is not None and now - seen[0] < _JOURNAL_EVERY:
-        return seen[1]
-    _journal_seen[unit] = (now, seen[1] if seen else None)  # one reader at a time
-    phase = load_phase(await journal_tail(unit, 40, timeout=1.0, since=since - 0.5))
-    _journal_seen[unit] = (time.monotonic(), phase)
-    return phase
+        return await self.request.app[SCHEDULER].waiting_for(self.model.name, self.name, waited)
 
 
 class _SameIds:

@@ -60,7 +60,7 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
         scheduler = request.app[SCHEDULER]
-        await response.write(_sse("snapshot", {"status": status.snapshot(scheduler),
+        await response.write(_sse("snapshot", {"status": status.snapshot(scheduler.snapshot()),
                                                "requests": [e.as_json() for e in request.app[RECENT]]}))
         with live(request), contextlib.suppress(ConnectionError, asyncio.CancelledError):
             while True:
@@ -71,12 +71,12 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
                     continue
                 if isinstance(event, RequestDone):
                     if event.model is not None:  # with every model's requests in flight and waiting now
-                        counts = {n: [r.in_flight, r.waiting] for n, r in request.app[SCHEDULER].models.items()}
+                        counts = {n: [m.in_flight, m.waiting] for n, m in request.app[SCHEDULER].snapshot().models.items()}
                         await response.write(_sse("request", {**event.as_json(), "counts": counts}))
                 elif isinstance(event, LoadProgress):
                     await response.write(_sse("progress", {"model": event.model, "elapsed_s": round(event.elapsed_s, 1)}))
                 else:
-                    snap = status.snapshot(request.app[SCHEDULER])
+                    snap = status.snapshot(request.app[SCHEDULER].snapshot())
                     await response.write(_sse("models", {"models": snap["models"], "switches": snap["switches"]}))
         return response
     finally:

@@ -18,6 +18,7 @@ from ..units.journal import journal_tail
 from ..units.systemd import Systemd
 from .memory import Gpu, rss_of
 from .policy import ModelView, State, default_min_loaded
+from .snapshot import CacheSnapshot, ModelSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,16 @@ class ModelRuntime:
             in_flight=self.in_flight, waiting=self.waiting, draining=self.draining, last_used=self.last_used,
             ready_at=self.ready_at, idle_since=self.idle_since, min_loaded=self.min_loaded,
             idle_unload=self.model.idle_unload)
+
+    def snapshot(self, queue_position: int | None, cache: CacheSnapshot | None, now: float) -> ModelSnapshot:
+        wait = self.retry_at - now
+        return ModelSnapshot(
+            name=self.name, unit=self.model.unit, url=self.model.url, aliases=tuple(self.model.aliases),
+            declared=self.model.memory, state=self.state, since=self.since, reason=self.reason,
+            in_flight=self.in_flight, waiting=self.waiting, draining=self.draining, queue_position=queue_position,
+            load_s=self.load_s, failures=self.failures, retry_in_s=wait if wait > 0 else None,
+            ready_at=self.ready_at, idle_since=self.idle_since, idle_unload=self.model.idle_unload,
+            measured=self.memory, prompt_cache=cache)
 
     @property
     def min_loaded(self) -> float:

@@ -20,12 +20,13 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..backends.llama_server import Backends
 from ..config import PromptCacheSettings, format_size
 from .model import ModelRuntime
+from .snapshot import CacheSnapshot, Transfer
 
 log = logging.getLogger(__name__)
 
@@ -67,34 +68,20 @@ def over_budget(files: list[tuple[Path, os.stat_result]], max_bytes: int) -> lis
     return evict
 
 
-@dataclass(frozen=True)
-class Transfer:
-    """One save or restore of a model's slots."""
-
-    slots: int
-    tokens: int
-    bytes: int
-    seconds: float
-    at: float  # unix time
-
-    def text(self) -> str:
-        return (f"{self.slots} slot{'s' if self.slots != 1 else ''} ({format_size(self.bytes)}, {self.tokens} tokens) "
-                f"in {self.seconds:.2f} s")
-
-    def as_json(self) -> dict:
-        return {"slots": self.slots, "tokens": self.tokens, "bytes": self.bytes, "seconds": round(self.seconds, 3),
-                "at": self.at}
-
-
 @dataclass
 class ModelCache:
-    """One model's cache state, for /status and for deciding what to skip."""
+    """One model's cache state, for the snapshot and for deciding what to skip."""
 
     off: str | None = None  # why the cache does nothing for this model now; None: on
     broken: str | None = None  # identity whose restores came back short: off until the model file changes
     saved: Transfer | None = None
     restored: Transfer | None = None
-    seconds: dict[str, float] = field(default_factory=lambda: {"save": 0.0, "restore": 0.0})  # totals
+    saves: int = 0
+    restores: int = 0
+    save_s: float = 0.0  # totals
+    restore_s: float = 0.0
+    files: int = 0  # on disk, counted after each save, restore and eviction
+    bytes: int = 0
 
 
 class PromptCache:
@@ -110,25 +97,39 @@ class PromptCache:
     def folder(self, name: str) -> Path:
         return Path(self._settings().dir) / name
 
-    def status(self, runtime: ModelRuntime) -> dict:
-        """For /status: on, off (with the reason) or unknown (not started since the switch started)."""
-        name = runtime.name
+    def snapshot(self, name: str, enabled: bool) -> CacheSnapshot:
+        """On, off (with the reason) or unknown (not started since the switch started)."""
         mc = self.models.get(name) or ModelCache(off="not checked yet")
-        off = "prompt_cache: false" if not runtime.model.prompt_cache else mc.off
-        files = [st.st_size for _, st in cache_files(self.folder(name))] if off is None else []
-        state = "off" if off else "on"
-        if name not in self.models and runtime.model.prompt_cache:
-            state = "unknown"
-        return {"state": state, "reason": off, "dir": str(self.folder(name)),
-                "files": len(files), "bytes": sum(files),
-                "last_save": mc.saved.as_json() if mc.saved else None,
-                "last_restore": mc.restored.as_json() if mc.restored else None,
-                "save_s_total": round(mc.seconds["save"], 3), "restore_s_total": round(mc.seconds["restore"], 3)}
+        off = "prompt_cache: false" if not enabled else mc.off
+        state = "unknown" if name not in self.models and enabled else "off" if off else "on"
+        files, size = (mc.files, mc.bytes) if off is None else (0, 0)
+        return CacheSnapshot(state, off, str(self.folder(name)), files, size, mc.saves, mc.restores, mc.save_s,
+                             mc.restore_s, mc.saved, mc.restored)
+
+    def _count_files(self, names: list[str] | None = None) -> None:
+        """The slot files on disk of `names` (default: every model the cache has seen)."""
+        for name in names if names is not None else list(self.models):
+            if (mc := self.models.get(name)) is not None:
+                sizes = [st.st_size for _, st in cache_files(self.folder(name))]
+                mc.files, mc.bytes = len(sizes), sum(sizes)
 
     # -- the hooks ----------------------------------------------------------------------------
 
     async def restore(self, runtime: ModelRuntime) -> None:
         """after_ready: read this model file's slot files back into their slots."""
+        try:
+            await self._restore(runtime)
+        finally:
+            self._count_files([runtime.name])
+
+    async def save(self, runtime: ModelRuntime) -> None:
+        """before_stop: write each slot that holds a prompt worth keeping."""
+        try:
+            await self._save(runtime)
+        finally:
+            self._count_files([runtime.name])
+
+    async def _restore(self, runtime: ModelRuntime) -> None:
         name, url = runtime.name, runtime.model.url
         mc = self.models.setdefault(name, ModelCache())
         found = await self._identify(runtime, mc)
@@ -178,12 +179,10 @@ class PromptCache:
         mc.off = None
         if count:
             done = Transfer(count, tokens, size, time.monotonic() - t0, time.time())
-            mc.restored = done
-            mc.seconds["restore"] += done.seconds
+            mc.restored, mc.restores, mc.restore_s = done, mc.restores + 1, mc.restore_s + done.seconds
             log.info("%s: restored %s", name, done.text())
 
-    async def save(self, runtime: ModelRuntime) -> None:
-        """before_stop: write each slot that holds a prompt worth keeping."""
+    async def _save(self, runtime: ModelRuntime) -> None:
         name, url = runtime.name, runtime.model.url
         mc = self.models.setdefault(name, ModelCache())
         found = await self._identify(runtime, mc)
@@ -231,8 +230,7 @@ class PromptCache:
             saved, tokens, size = saved + 1, tokens + n, size + int(reply.body.get("n_written") or 0)
         if saved:
             done = Transfer(saved, tokens, size, time.monotonic() - t0, time.time())
-            mc.saved = done
-            mc.seconds["save"] += done.seconds
+            mc.saved, mc.saves, mc.save_s = done, mc.saves + 1, mc.save_s + done.seconds
             log.info("%s: saved %s", name, done.text())
             self.enforce_budget()
 
@@ -243,6 +241,7 @@ class PromptCache:
         for path in evicted:
             _unlink(path)
         if evicted:
+            self._count_files()
             log.info("prompt cache: deleted %d least recently used slot file(s) to stay within prompt_cache_max %s",
                      len(evicted), format_size(settings.max_bytes))
         return evicted

@@ -26,11 +26,12 @@ from ..config import Config, Model
 from ..errors import QueueFull, QueueTimeout, StartFailed, SwitchError, UnknownModel
 from ..events import EventBus, SwitchDone
 from ..units.systemd import ActiveState, Systemd
-from . import policy
+from . import policy, waiting
 from .memory import Gpu
 from .model import ModelRuntime
 from .policy import State
 from .prompt_cache import PromptCache
+from .snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class Scheduler:
         self.models: dict[str, ModelRuntime] = {name: self._runtime(m) for name, m in config.models.items()}
         backends.use_keys(_backend_keys(config))
         self.switches: deque[SwitchDone] = deque(maxlen=20)
+        self._phases = waiting.LoadPhases()
         self._queue: list[_Ticket] = []
         self._hold: frozenset[str] = frozenset()
         self._op: asyncio.Task | None = None
@@ -138,6 +140,20 @@ class Scheduler:
             if t.model not in order:
                 order.append(t.model)
         return order.index(name) + 1 if name in order else None
+
+    def snapshot(self) -> Snapshot:
+        """Every model as of now, for http and observe (scheduling/snapshot.py)."""
+        now, config, cache = time.monotonic(), self.config, self.prompt_cache
+        models = {name: r.snapshot(self.queue_position(name), cache.snapshot(name, r.model.prompt_cache), now)
+                  for name, r in self.models.items()}
+        return Snapshot.of(models, at=now, config_path=config.path, listen=config.listen,
+                           memory_budget=config.memory_budget, vram_note=self.gpu.note,
+                           switches=tuple(self.switches), queued=len(self._queue))
+
+    async def waiting_for(self, name: str, label: str, waited: float) -> tuple[str, float]:
+        """What a request for `name` (called `label` by its client) that has waited `waited`
+        seconds waits for now, and for how long (scheduling/waiting.py)."""
+        return await waiting.describe(self.snapshot(), name, label, waited, self._phases)
 
     def _retry_after(self) -> float:
         loads = [r.load_s for r in self.models.values() if r.load_s]
