@@ -1,5 +1,6 @@
-"""`llm-switch serve`: a Server that starts up, runs until SIGTERM, and shuts down, owning every
-task it starts (the SIGHUP reload, the preload).
+"""`llm-switch serve`: a Server that builds the application's parts (systemd, the backends, the
+GPU, the prompt cache, the scheduler) and the app over them, runs until SIGTERM, and shuts down,
+owning every task it starts (the SIGHUP reload, the preload).
 
 Connections are bounded where they are accepted, with aiohttp's own settings where it has them:
 - a request line and each header at most 8190 bytes, at most 64 headers (aiohttp's
@@ -22,19 +23,25 @@ import logging
 import json
 import signal
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from aiohttp import web
 
+from ..backends.llama_server import Backends
 from ..config import Config
 from ..config.keys import check_exposure, exposure_warning
 from ..errors import SwitchError
 from ..events import EventBus
 from ..http.app import build_app
-from ..http.keys import INFLIGHT, SCHEDULER
-from ..observe.notify import notify
+from ..http.keys import INFLIGHT
+from ..observe.notify import keep_status, notify
 from ..observe.status import status_line
+from ..scheduling.memory import Gpu
+from ..scheduling.ports import Parts
+from ..scheduling.prompt_cache import PromptCache
 from ..scheduling.scheduler import Scheduler
+from ..units.systemd import Systemd
 
 log = logging.getLogger("llm_switch")
 
@@ -54,11 +61,34 @@ class Server:
         self._stop = asyncio.Event()
 
     async def run(self) -> None:
-        app = build_app(self.config, self.events)
+        async with self._scheduler() as scheduler:  # raises before listening
+            await self._serve(scheduler)
+
+    @contextlib.asynccontextmanager
+    async def _scheduler(self) -> AsyncIterator[Scheduler]:
+        """The application's parts (systemd, the backends, the GPU, the prompt cache, the
+        scheduler), connected to the bus with running units adopted; closed once served."""
+        systemd, backends = Systemd(), Backends()
+        cache = PromptCache(lambda: scheduler.config.prompt_cache, backends)  # a reload may change it
+        scheduler = Scheduler(self.config, Parts(systemd, backends, self.events, Gpu()),
+                              hooks=cache.attach, cache=cache.snapshot)
+        unsubscribe = keep_status(self.events, lambda: status_line(scheduler.snapshot()))
+        try:
+            await systemd.connect()
+            await scheduler.adopt()
+            yield scheduler
+        finally:
+            unsubscribe()
+            await scheduler.close()
+            await backends.close()
+            await systemd.close()
+
+    async def _serve(self, scheduler: Scheduler) -> None:
+        app = build_app(self.events, scheduler)
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5,
                                keepalive_timeout=self.config.header_timeout, max_line_size=MAX_LINE_SIZE,
                                max_field_size=MAX_FIELD_SIZE, max_headers=MAX_HEADERS)
-        await runner.setup()  # connects to the bus and adopts running units; raises before listening
+        await runner.setup()
         listener = None
         try:
             assert runner.server is not None
@@ -69,7 +99,6 @@ class Server:
                     self.config.listen_host, self.config.listen_port, reuse_address=True)
             except OSError as e:
                 raise SwitchError(f"cannot listen on {self.config.listen}: {e.strerror or e}") from None
-            scheduler = app[SCHEDULER]
             log.info("listening on http://%s/v1 — models: %s", self.config.listen, ", ".join(self.config.models))
             if self.config.api_keys:
                 log.info("API keys required (except for GET /health%s): %s",

@@ -1,19 +1,12 @@
-"""aiohttp wiring: routes, the error middleware, and the resources the app owns."""
+"""aiohttp wiring: routes, the middlewares, and the app's own resources under typed keys."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from aiohttp import web
 
-from ..backends.llama_server import Backends
-from ..config import Config
 from ..events import EventBus
 from ..observe.metrics import Metrics, observe_requests
-from ..observe.notify import keep_status
-from ..observe.status import status_line
 from ..scheduling.scheduler import Scheduler
-from ..units.systemd import Systemd
 from . import admin, anthropic, logs, native, ollama, openai, ui
 from .auth import require_key
 from .errors import openai_errors
@@ -21,43 +14,22 @@ from .inflight import InFlight
 from .keys import CONFIG, INFLIGHT, METRICS, SCHEDULER
 
 
-def build_app(config: Config, events: EventBus | None = None) -> web.Application:
-    events = events or EventBus()
+def build_app(events: EventBus, scheduler: Scheduler) -> web.Application:
+    """The routes over the parts cli/serve.py built and started. The config is the scheduler's:
+    `app[CONFIG]` keeps the one the app was built with (listen, body limit: kept across reloads),
+    `scheduler.config` is the newest."""
+    config = scheduler.config
     # observed outermost (it sees every answer's status), then errors: a refused key gets the same
     # error shape as everything else
     app = web.Application(middlewares=[observe_requests(lambda: events), openai_errors, require_key],
                           client_max_size=config.max_body_bytes)
     app[CONFIG] = config
+    app[SCHEDULER] = scheduler
     app[INFLIGHT] = InFlight()
     app[METRICS] = Metrics(events, lambda: app.get(SCHEDULER))
     app[logs.LIVE] = set()
     ui.attach(app, events)
     app.on_shutdown.append(logs.end_live_streams)
-    app.cleanup_ctx.append(_resources(events))
     app.add_routes(admin.ROUTES + logs.ROUTES + ui.ROUTES + anthropic.ROUTES + ollama.ROUTES + native.ROUTES
                    + openai.ROUTES)
     return app
-
-
-def _resources(events: EventBus):
-    async def resources(app: web.Application) -> AsyncIterator[None]:
-        backends = Backends()
-        systemd = Systemd()
-        scheduler = Scheduler(app[CONFIG], systemd, backends, events)
-        unsubscribe = keep_status(events, lambda: status_line(scheduler.snapshot()))
-        try:
-            await systemd.connect()
-            await scheduler.adopt()
-        except BaseException:
-            unsubscribe()
-            await backends.close()
-            await systemd.close()
-            raise
-        app[SCHEDULER] = scheduler
-        yield
-        unsubscribe()
-        await scheduler.close()
-        await backends.close()
-        await systemd.close()
-
-    return resources

@@ -8,15 +8,13 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
-from ..backends.llama_server import Backends
 from ..config import Model, format_size
 from ..errors import BackendUnreachable, HealthTimeout, JobFailed, StartFailed, SwitchError
-from ..events import EventBus, LoadProgress, MemoryMeasured, StateChanged
-from ..units.journal import journal_tail
-from ..units.systemd import Systemd
-from .memory import Gpu, rss_of
+from ..events import LoadProgress, MemoryMeasured, StateChanged
+from .memory import rss_of
+from .ports import Parts
 from .policy import ModelView, State, default_min_loaded
 from .snapshot import CacheSnapshot, ModelSnapshot
 
@@ -26,6 +24,26 @@ Hook = Callable[["ModelRuntime"], Awaitable[None]]
 
 
 MAX_BACKOFF = 60.0  # s: the longest wait before starting a failing model again
+
+# The lifecycle of docs/design.md ("States of a model"), as the only state changes allowed.
+# STOPPED/FAILED → STOPPING: a unit systemd runs that the switch did not start is stopped too.
+TRANSITIONS: Mapping[State, frozenset[State]] = {
+    State.STOPPED: frozenset({State.STARTING, State.READY, State.STOPPING}),
+    State.FAILED: frozenset({State.STARTING, State.READY, State.STOPPING}),
+    State.STARTING: frozenset({State.READY, State.FAILED, State.STOPPED}),
+    State.READY: frozenset({State.STOPPING, State.STOPPED}),
+    State.STOPPING: frozenset({State.STOPPED, State.FAILED}),
+}
+DRAINABLE = frozenset({State.READY, State.STOPPED, State.FAILED})  # chosen to stop: takes no new requests
+
+
+class IllegalTransition(RuntimeError):
+    """A change of a model's books that its lifecycle does not allow: a bug in the switch."""
+
+
+def check_transition(old: State, new: State) -> None:
+    if new not in TRANSITIONS[old]:
+        raise IllegalTransition(f"{old} → {new} is not a state change a model makes")
 
 
 def backoff(failures: int) -> float:
@@ -40,13 +58,15 @@ def _probe_interval(elapsed: float) -> float:
 
 
 class ModelRuntime:
-    """The running side of one configured model. Mutated only by the scheduler's operations and
-    by request admission and release, all on the event loop."""
+    """The running side of one configured model. It alone changes its books (state, in_flight,
+    waiting, draining), each change checked against TRANSITIONS and the rules beside it; the
+    scheduler asks, on the event loop. Readers outside scheduling get `snapshot()`."""
 
-    def __init__(self, model: Model, systemd: Systemd, backends: Backends, events: EventBus, gpu: Gpu,
-                 sharing: Callable[[Model], list[Model]]) -> None:
+    def __init__(self, model: Model, parts: Parts, sharing: Callable[[Model], list[Model]]) -> None:
         self.model = model
-        self._systemd, self._backends, self._events, self._gpu = systemd, backends, events, gpu
+        self._parts = parts
+        self._systemd, self._backends, self._events = parts.units, parts.backends, parts.events
+        self._clock = parts.clock
         self._sharing = sharing  # other configured models on the same URL
         self.state = State.STOPPED
         self.since = time.time()
@@ -56,7 +76,7 @@ class ModelRuntime:
         self.draining = False
         self.last_used = 0.0
         self.ready_at = 0.0
-        self.idle_since: float | None = time.monotonic()
+        self.idle_since: float | None = self._clock()
         self.load_s: float | None = None  # the last successful load, start to ready
         self.failures = 0  # failed starts in a row
         self.retry_at = 0.0  # monotonic: no new start before, after a failure (no hot restart loop)
@@ -92,24 +112,43 @@ class ModelRuntime:
     def min_loaded(self) -> float:
         return self.model.min_loaded if self.model.min_loaded is not None else default_min_loaded(self.load_s)
 
-    def set(self, state: State, reason: str | None = None) -> None:
+    def _set(self, state: State, reason: str | None = None) -> None:
+        check_transition(self.state, state)
         old, self.state, self.since, self.reason = self.state, state, time.time(), reason
         if state is not State.READY:
             self.draining = False
-        if old is not state:
-            self._events.publish(StateChanged(self.name, str(old), str(state), reason))
+        self._events.publish(StateChanged(self.name, str(old), str(state), reason))
+
+    def drain(self) -> None:
+        """Chosen to stop: take no new requests from now on."""
+        if self.state not in DRAINABLE:
+            raise IllegalTransition(f"{self.name}: cannot drain while {self.state}")
+        self.draining = True
 
     # -- requests -----------------------------------------------------------------------------
 
+    def enqueue(self) -> None:
+        self.waiting += 1
+
+    def dequeue(self) -> None:
+        if self.waiting <= 0:
+            raise IllegalTransition(f"{self.name}: no request waits")
+        self.waiting -= 1
+
     def admit(self) -> None:
+        if self.state is not State.READY or self.draining:
+            raise IllegalTransition(f"{self.name}: a request admitted while {self.state}"
+                                    + (", draining" if self.draining else ""))
         self.in_flight += 1
-        self.last_used = time.monotonic()
+        self.last_used = self._clock()
         self.idle_since = None
         self._idle.clear()
 
     def release(self) -> None:
+        if self.in_flight <= 0:
+            raise IllegalTransition(f"{self.name}: a request released that was not in flight")
         self.in_flight -= 1
-        self.last_used = time.monotonic()
+        self.last_used = self._clock()
         if self.in_flight == 0:
             self.idle_since = self.last_used
             self._idle.set()
@@ -119,28 +158,28 @@ class ModelRuntime:
     async def start(self) -> float:
         """Start the unit and wait until it serves; returns the seconds it took. On failure the
         unit is stopped again, the state is FAILED with the reason, and the error is raised."""
-        t0 = time.monotonic()
-        self.set(State.STARTING)
+        t0 = self._clock()
+        self._set(State.STARTING)
         try:
             await self._start_unit()
             await self._wait_healthy()
             await self._run_hooks(self.after_ready, "after_ready")
         except SwitchError as e:
             self.failures += 1
-            self.retry_at = time.monotonic() + backoff(self.failures)
+            self.retry_at = self._clock() + backoff(self.failures)
             self.error = e
-            self.set(State.FAILED, e.message)
-            log.error("%s: start failed after %.2f s: %s", self.name, time.monotonic() - t0, e.message)
+            self._set(State.FAILED, e.message)
+            log.error("%s: start failed after %.2f s: %s", self.name, self._clock() - t0, e.message)
             with contextlib.suppress(SwitchError):
                 await self._systemd.stop(self.model.unit)  # do not leave a half-loaded model on the GPU
             raise
         except asyncio.CancelledError:
-            self.set(State.STOPPED)
+            self._set(State.STOPPED)
             raise
-        self.load_s = time.monotonic() - t0
-        self.ready_at = self.idle_since = time.monotonic()
+        self.load_s = self._clock() - t0
+        self.ready_at = self.idle_since = self._clock()
         self.clear_backoff()
-        self.set(State.READY)
+        self._set(State.READY)
         return self.load_s
 
     def clear_backoff(self) -> None:
@@ -148,7 +187,7 @@ class ModelRuntime:
 
     def backing_off(self) -> SwitchError | None:
         """The last start's failure while the next start must wait, else None."""
-        wait = self.retry_at - time.monotonic()
+        wait = self.retry_at - self._clock()
         if self.state is not State.FAILED or self.error is None or wait <= 0:
             return None
         e = self.error
@@ -160,15 +199,15 @@ class ModelRuntime:
         """Take a unit that already runs as it is, if it serves; False when it does not (yet)."""
         if await self._backends.health(self.model.url, 2.0) != 200:
             return False
-        self.ready_at = self.idle_since = time.monotonic()
-        self.set(State.READY)
+        self.ready_at = self.idle_since = self._clock()
+        self._set(State.READY)
         return True
 
     async def measure(self) -> MemoryMeasured:
         ram, pid = await self._systemd.memory(self.model.unit)
         if ram is None:
             ram = rss_of(pid)
-        self.memory = MemoryMeasured(self.name, self.model.memory, ram, self._gpu.vram_of(pid))
+        self.memory = MemoryMeasured(self.name, self.model.memory, ram, self._parts.gpu.vram_of(pid))
         self._events.publish(self.memory)
         return self.memory
 
@@ -199,12 +238,12 @@ class ModelRuntime:
 
     async def _wait_healthy(self) -> None:
         model = self.model
-        t0 = last_asked = time.monotonic()
+        t0 = last_asked = self._clock()
         deadline = t0 + model.health_timeout
         first = True
         next_progress = t0 + 1.0
         while True:
-            probe_at = time.monotonic()
+            probe_at = self._clock()
             if probe_at >= next_progress:  # for loading progress in streams, metrics, the web page
                 next_progress += 1.0
                 self._events.publish(LoadProgress(self.name, probe_at - t0, "loading"))
@@ -212,7 +251,7 @@ class ModelRuntime:
             if status == 200:
                 await self._check_identity()
                 return
-            now = time.monotonic()
+            now = self._clock()
             if now >= deadline:
                 raise HealthTimeout(f"{model.name}: not healthy at {model.url}/health within "
                                     f"{model.health_timeout:g} s (health_timeout); unit {model.unit} was stopped")
@@ -224,7 +263,7 @@ class ModelRuntime:
                 if state is None or not state.running:
                     raise StartFailed(await self.why_failed("exited while loading"))
             # probes at a steady rate: the time a probe and a D-Bus question took is not added
-            await asyncio.sleep(max(0.0, probe_at + _probe_interval(now - t0) - time.monotonic()))
+            await asyncio.sleep(max(0.0, probe_at + _probe_interval(now - t0) - self._clock()))
 
     async def _check_identity(self) -> None:
         """A stale server of another model on a shared port must not be taken for this one."""
@@ -244,7 +283,7 @@ class ModelRuntime:
         detail = await self._systemd.failure(model.unit)
         if model.cmd is not None and not (os.path.isfile(model.cmd[0]) and os.access(model.cmd[0], os.X_OK)):
             detail += f"; {model.cmd[0]} is not an executable file"  # a transient unit is gone at once
-        lines = await journal_tail(model.unit)
+        lines = await self._parts.journal(model.unit)
         text = f"{model.name}: unit {model.unit} {what} ({detail})"
         if lines:
             text += "; last log lines:\n" + "\n".join(lines)
@@ -257,29 +296,29 @@ class ModelRuntime:
     async def stop(self) -> float:
         """Take no new requests, let those in flight finish, run the before_stop hooks, stop the
         unit. Returns the seconds the stop took (the drain not counted)."""
-        self.draining = True
+        self.drain()
         if self.in_flight:
             log.info("%s: waiting for %d request(s) to finish before stopping", self.name, self.in_flight)
             await self._idle.wait()
         if self.state is State.READY:
             await self._run_hooks(self.before_stop, "before_stop")
-        self.set(State.STOPPING)
-        t0 = time.monotonic()
+        self._set(State.STOPPING)
+        t0 = self._clock()
         try:
             await self._systemd.stop(self.model.unit)
         except SwitchError:
-            self.set(State.FAILED, "stop failed")
+            self._set(State.FAILED, "stop failed")
             raise
-        self.set(State.STOPPED)
+        self._set(State.STOPPED)
         self.memory = None
-        took = time.monotonic() - t0
+        took = self._clock() - t0
         log.info("%s: stopped %s in %.2f s", self.name, self.model.unit, took)
         return took
 
     def forget(self) -> None:
         """The unit stopped behind the switch's back: the next request starts it again."""
         if self.state is State.READY:
-            self.set(State.STOPPED)
+            self._set(State.STOPPED)
 
     async def _run_hooks(self, hooks: list[Hook], what: str) -> None:
         """A hook that fails costs what it was for, never the switch."""

@@ -1,8 +1,10 @@
-"""The one owner of which models run.
+"""The one owner of which models run: it decides (policy.py) and hands the operations to the
+runner (runner.py); the waiting requests are in the queue (queue.py); each model keeps its own
+books (model.py); readers get a snapshot (snapshot.py).
 
 Invariants (docs/design.md has the rules with worked examples):
 - Every decision to start or stop a unit is made by `_schedule()`, from the state of that moment,
-  and carried out by at most one operation at a time (`self._op`): a switch, an unload, a reload.
+  and carried out by at most one operation at a time (the runner): a switch, an unload, a reload.
 - A request is admitted (counted in flight) in the same step that decides it may go, so no
   later operation can stop its model before it is served. No lock is held while it is served.
 - Requests for a model being started wait for that start and are admitted in the step that
@@ -18,58 +20,54 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 
-from ..backends.llama_server import Backends
 from ..config import Config, Model
 from ..errors import QueueFull, QueueTimeout, StartFailed, SwitchError, UnknownModel
 from ..events import EventBus, SwitchDone
-from ..units.systemd import ActiveState, Systemd
+from ..units.systemd import ActiveState
 from . import policy, waiting
-from .memory import Gpu
 from .model import ModelRuntime
 from .policy import State
-from .prompt_cache import PromptCache
-from .snapshot import Snapshot
+from .ports import Parts
+from .queue import Ticket, WaitQueue
+from .runner import Runner, Work
+from .snapshot import CacheSnapshot, Snapshot
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(eq=False)
-class _Ticket:
-    """A request waiting for its model; `admitted` is resolved once it may go."""
-
-    model: str
-    since: float = field(default_factory=time.monotonic)
-    admitted: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+Decide = Callable[..., policy.Plan]  # policy.decide's signature
 
 
 class Scheduler:
-    def __init__(self, config: Config, systemd: Systemd, backends: Backends, events: EventBus | None = None) -> None:
+    """`parts` are the units, backends, events and clock every model works with; `hooks(runtime)`
+    attaches a new model's after_ready/before_stop hooks (the prompt cache's); `cache(name)` is
+    its prompt cache's snapshot; `decide` is policy.decide (a test may break it on purpose)."""
+
+    def __init__(self, config: Config, parts: Parts, *, hooks: Callable[[ModelRuntime], None] | None = None,
+                 cache: Callable[[str, bool], CacheSnapshot] | None = None, decide: Decide = policy.decide) -> None:
         self.config = config
-        self.systemd = systemd
-        self.backends = backends
-        self.events = events or EventBus()
-        self.gpu = Gpu()
-        self.prompt_cache = PromptCache(lambda: self.config.prompt_cache, backends)
+        self.parts = parts
+        self.systemd, self.backends, self.events = parts.units, parts.backends, parts.events
+        self._clock = parts.clock
+        self._hooks, self._cache, self._decide = hooks, cache, decide
         self.models: dict[str, ModelRuntime] = {name: self._runtime(m) for name, m in config.models.items()}
-        backends.use_keys(_backend_keys(config))
+        self.backends.use_keys(_backend_keys(config))
         self.switches: deque[SwitchDone] = deque(maxlen=20)
         self._phases = waiting.LoadPhases()
-        self._queue: list[_Ticket] = []
+        self._queue = WaitQueue()
+        self._runner = Runner(self._operation_ended)
         self._hold: frozenset[str] = frozenset()
-        self._op: asyncio.Task | None = None
-        self._admin: deque[tuple[Callable[[], Awaitable[None]], asyncio.Future]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._resync_task: asyncio.Task | None = None
         self._closed = False
-        systemd.watch_units(self._unit_changed)
-        systemd.on_reconnect(self._resync_soon)
+        self.systemd.watch_units(self._unit_changed)
+        self.systemd.on_reconnect(self._resync_soon)
 
     def _runtime(self, model: Model) -> ModelRuntime:
-        runtime = ModelRuntime(model, self.systemd, self.backends, self.events, self.gpu, self._sharing)
-        self.prompt_cache.attach(runtime)
+        runtime = ModelRuntime(model, self.parts, self._sharing)
+        if self._hooks is not None:
+            self._hooks(runtime)
         return runtime
 
     def _sharing(self, model: Model) -> list[Model]:
@@ -99,9 +97,9 @@ class Scheduler:
         if len(self._queue) >= self.config.max_queue:
             raise QueueFull(f"{name}: {len(self._queue)} requests are already waiting (max_queue); try again later",
                             retry_after=self._retry_after())
-        ticket = _Ticket(name)
-        self._queue.append(ticket)
-        runtime.waiting += 1
+        ticket = Ticket(name, self._clock())
+        self._queue.add(ticket)
+        runtime.enqueue()
         self._schedule()
         if on_wait is not None and not ticket.admitted.done():
             on_wait()
@@ -124,30 +122,20 @@ class Scheduler:
         if self._queue or runtime.model.idle_unload is not None:
             self._schedule()
 
-    def _leave(self, ticket: _Ticket) -> None:
-        if ticket in self._queue:
-            self._queue.remove(ticket)
+    def _leave(self, ticket: Ticket) -> None:
+        if self._queue.remove(ticket):
             if (runtime := self.models.get(ticket.model)) is not None:
-                runtime.waiting -= 1
+                runtime.dequeue()
             ticket.admitted.cancel()
             self._schedule()
 
-    def queue_position(self, name: str) -> int | None:
-        """1 when `name`'s waiting requests are served next, 2 after one other model's, …; None
-        when none of its requests wait."""
-        order: list[str] = []
-        for t in self._queue:
-            if t.model not in order:
-                order.append(t.model)
-        return order.index(name) + 1 if name in order else None
-
     def snapshot(self) -> Snapshot:
         """Every model as of now, for http and observe (scheduling/snapshot.py)."""
-        now, config, cache = time.monotonic(), self.config, self.prompt_cache
-        models = {name: r.snapshot(self.queue_position(name), cache.snapshot(name, r.model.prompt_cache), now)
+        now, config, positions, cache = self._clock(), self.config, self._queue.positions(), self._cache
+        models = {name: r.snapshot(positions.get(name), cache(name, r.model.prompt_cache) if cache else None, now)
                   for name, r in self.models.items()}
         return Snapshot.of(models, at=now, config_path=config.path, listen=config.listen,
-                           memory_budget=config.memory_budget, vram_note=self.gpu.note,
+                           memory_budget=config.memory_budget, vram_note=self.parts.gpu.note,
                            switches=tuple(self.switches), queued=len(self._queue))
 
     async def waiting_for(self, name: str, label: str, waited: float) -> tuple[str, float]:
@@ -165,25 +153,19 @@ class Scheduler:
         """Decide from the state of this moment and act: admit, start an operation, set a timer."""
         if self._closed:
             return
-        now = time.monotonic()
-        heads: dict[str, policy.Waiter] = {}
-        for t in self._queue:
-            heads.setdefault(t.model, policy.Waiter(t.model, t.since))
-        plan = policy.decide({n: r.view() for n, r in self.models.items()}, list(heads.values()),
-                             self.config.memory_budget, now)
+        now = self._clock()
+        plan = self._decide({n: r.view() for n, r in self.models.items()}, self._queue.heads(),
+                            self.config.memory_budget, now)
         self._hold = plan.hold
-        for name in plan.admit:
+        for name in sorted(plan.admit):  # sorted: the same order in every run (a seed replays)
             self._admit_waiting(name)
-        if self._op is None:
-            if self._admin:
-                work, done = self._admin.popleft()
-                self._begin(None, work, done)
-            elif plan.start is not None:
+        if not self._runner.busy and not self._runner.begin_submitted():
+            if plan.start is not None:
                 target = plan.start
-                self._begin(target, lambda: self._switch(target, plan.stop))
+                self._runner.begin(target, lambda: self._switch(target, plan.stop))
             elif plan.unload:
                 names = plan.unload
-                self._begin(None, lambda: self._stop_idle(names))
+                self._runner.begin(None, lambda: self._stop_idle(names))
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -193,48 +175,33 @@ class Scheduler:
 
     def _admit_waiting(self, name: str) -> None:
         runtime = self.models[name]
-        for ticket in [t for t in self._queue if t.model == name]:
-            self._queue.remove(ticket)
-            runtime.waiting -= 1
+        for ticket in self._queue.take(name):
+            runtime.dequeue()
             if not ticket.admitted.done():
                 runtime.admit()
                 ticket.admitted.set_result(None)
 
     def _fail_waiting(self, name: str, error: BaseException) -> None:
         runtime = self.models.get(name)
-        for ticket in [t for t in self._queue if t.model == name]:
-            self._queue.remove(ticket)
+        for ticket in self._queue.take(name):
             if runtime is not None:
-                runtime.waiting -= 1
+                runtime.dequeue()
             if not ticket.admitted.done():
                 ticket.admitted.set_exception(error)
                 ticket.admitted.exception()  # a waiter that left meanwhile must not warn "never retrieved"
 
-    def _begin(self, target: str | None, work: Callable[[], Awaitable[None]],
-               done: asyncio.Future | None = None) -> None:
-        task = asyncio.get_running_loop().create_task(work(), name=f"llm-switch operation ({target or 'admin'})")
-        self._op = task
+    def _operation_ended(self, target: str | None, error: BaseException | None) -> None:
+        if target is not None and error is not None:
+            self._fail_waiting(target, error)  # the next request tries again
+        elif target is not None and (r := self.models.get(target)) and r.state is State.READY and not r.draining:
+            # the target's waiters go in before anything else is decided: with min_loaded 0 the
+            # policy would otherwise stop it at once for the next switch, having served none
+            self._admit_waiting(target)
+        self._schedule()
 
-        def finished(task: asyncio.Task) -> None:
-            self._op = None
-            error = None if task.cancelled() else task.exception()
-            if done is not None and not done.done():
-                if task.cancelled():
-                    done.cancel()
-                elif error is not None:
-                    done.set_exception(error)
-                else:
-                    done.set_result(None)
-            if target is not None and error is not None:
-                self._fail_waiting(target, error)  # the next request tries again
-            self._schedule()  # admits the target's waiters before anything else is decided
-
-        task.add_done_callback(finished)
-
-    async def _run_exclusively(self, work: Callable[[], Awaitable[None]]) -> None:
+    async def _run_exclusively(self, work: Work) -> None:
         """Queue an operation that is not a switch (unload, reload); return once it ran."""
-        done = asyncio.get_running_loop().create_future()
-        self._admin.append((work, done))
+        done = self._runner.submit(work)
         self._schedule()
         await done
 
@@ -242,21 +209,21 @@ class Scheduler:
 
     async def _switch(self, name: str, stop: tuple[str, ...]) -> None:
         target = self.models[name]
-        t0 = time.monotonic()
+        t0 = self._clock()
         stopping = [self.models[n] for n in stop] + await self._strays(target, stop)
         previous = tuple(r.name for r in stopping)
         for r in stopping:
-            r.draining = True
+            r.drain()
         try:
             await asyncio.gather(*(r.stop() for r in stopping))
         except SwitchError as e:
-            self._record(previous, name, time.monotonic() - t0, 0.0, ok=False)
+            self._record(previous, name, self._clock() - t0, 0.0, ok=False)
             raise StartFailed(f"{name}: could not stop {', '.join(previous)} first: {e.message}") from None
-        stopped_s = time.monotonic() - t0
+        stopped_s = self._clock() - t0
         try:
             ready_s = await target.start()
         except SwitchError:
-            self._record(previous, name, stopped_s, time.monotonic() - t0 - stopped_s, ok=False)
+            self._record(previous, name, stopped_s, self._clock() - t0 - stopped_s, ok=False)
             raise
         await self._measure(target)
         self._record(previous, name, stopped_s, ready_s, ok=True)
@@ -301,7 +268,7 @@ class Scheduler:
         states = await self.systemd.active_states([r.model.unit for r in chosen])
         running = [r for r in chosen if r.state.up or ((s := states.get(r.model.unit)) is not None and s.running)]
         for r in running:
-            r.draining = True
+            r.drain()
         await asyncio.gather(*(r.stop() for r in running))
         return running
 
@@ -329,9 +296,9 @@ class Scheduler:
                 log.info("%s: adopted %s, already running; %s", r.name, r.model.unit, r.memory_text())
             else:
                 log.info("%s: %s is %s but not healthy yet; waiting for it", r.name, r.model.unit, state)
-                self._begin(r.name, r.start)
+                self._runner.begin(r.name, r.start)
                 with contextlib.suppress(SwitchError):
-                    await asyncio.shield(self._op)
+                    await asyncio.shield(self._runner.current)
 
     async def load(self, name: str) -> ModelRuntime:
         """Start a model as a request would (same queue, same rules), without sending it anything.
@@ -425,10 +392,7 @@ class Scheduler:
             self._resync_task.cancel()
         for ticket in self._queue:
             ticket.admitted.cancel()
-        if self._op is not None:
-            self._op.cancel()
-            with contextlib.suppress(BaseException):
-                await self._op
+        await self._runner.close()
 
 
 def _backend_keys(config: Config) -> dict[str, str]:

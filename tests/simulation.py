@@ -1,0 +1,541 @@
+"""A deterministic simulation of the scheduler (tests/test_simulation.py runs it).
+
+The real `Scheduler` and `ModelRuntime` run in-process against fakes of their Protocols
+(scheduling/ports.py) under a virtual clock: an asyncio loop whose `time()` jumps to the next timer
+when nothing is ready, so a 10-minute workload runs in milliseconds and every run of a seed takes
+the same steps. The world (`World`) plays systemd, the backends and the clients from one seeded
+random generator, and checks the invariants of docs/design.md after every step of the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import selectors
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from llm_switch.config import Config, Model, PromptCacheSettings
+from llm_switch.errors import JobFailed, SwitchError
+from llm_switch.events import EventBus, StateChanged
+from llm_switch.scheduling import policy
+from llm_switch.scheduling.policy import TURNAROUND
+from llm_switch.scheduling.ports import Parts
+from llm_switch.scheduling.scheduler import Scheduler
+from llm_switch.units.systemd import ActiveState
+
+GiB = 1 << 30
+EPSILON = 1e-6
+
+
+class Stuck(Exception):
+    """Nothing is ready and no timer is set: every task waits for something that never comes."""
+
+
+class Violation(AssertionError):
+    """An invariant of docs/design.md does not hold."""
+
+
+# -- the virtual clock ---------------------------------------------------------------------------
+
+class _Selector(selectors.BaseSelector):
+    """Nothing real is waited on: a wait for I/O with a timeout moves the clock to its end."""
+
+    def __init__(self, loop: VirtualLoop) -> None:
+        self._loop, self._keys = loop, {}
+
+    def register(self, fileobj, events, data=None):
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        key = self._keys[fd] = selectors.SelectorKey(fileobj, fd, events, data)
+        return key
+
+    def unregister(self, fileobj):
+        return self._keys.pop(fileobj if isinstance(fileobj, int) else fileobj.fileno())
+
+    def select(self, timeout=None):
+        if timeout is None:
+            raise Stuck("nothing is ready and no timer is set: a task waits forever")
+        self._loop.now += timeout
+        return []
+
+    def get_map(self):
+        return self._keys
+
+    def close(self) -> None:
+        self._keys.clear()
+
+
+class VirtualLoop(asyncio.SelectorEventLoop):
+    """`time()` is virtual; `after_step()` runs after every iteration of the loop."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.after_step: Callable[[], None] | None = None
+        super().__init__(_Selector(self))
+
+    def time(self) -> float:
+        return self.now
+
+    def _run_once(self) -> None:
+        super()._run_once()
+        if self.after_step is not None:
+            self.after_step()
+
+
+# -- the workload --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Behaviour:
+    """How one model's unit behaves when started (drawn per start from the seed)."""
+
+    load_s: float
+    fail_p: float   # the start job fails
+    die_p: float    # the process dies while loading
+
+
+@dataclass(frozen=True)
+class Request:
+    at: float
+    model: str
+    serve_s: float
+    leave_at: float | None  # the client disconnects then
+
+
+@dataclass(frozen=True)
+class Fault:
+    at: float
+    kind: str        # kill, bus, reload
+    model: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Workload:
+    config: Config
+    behaviour: dict[str, Behaviour]
+    requests: tuple[Request, ...]
+    faults: tuple[Fault, ...]
+    patient: bool  # max_wait is long enough that a queue_timeout means starvation
+
+
+def workload(seed: int) -> Workload:
+    rng = random.Random(seed)
+    n = rng.randint(1, 4)
+    names = [f"m{i}" for i in range(n)]
+    ports = [3004 + rng.randrange(max(1, n - rng.randint(0, 1))) for _ in names]  # some share a URL
+    memory = {m: None if rng.random() < 0.15 else rng.randint(1, 8) * GiB for m in names}
+    declared = [v for v in memory.values() if v]
+    budget = None if rng.random() < 0.2 or not declared else rng.randint(max(declared), max(sum(declared), max(declared)))
+    behaviour = {m: Behaviour(rng.uniform(0.05, 6.0), rng.choice((0.0, 0.0, 0.1, 0.4)), rng.choice((0.0, 0.0, 0.1)))
+                 for m in names}
+    models = {m: Model(m, f"{m}.service", f"http://127.0.0.1:{port}", memory=memory[m],
+                       min_loaded=None if rng.random() < 0.5 else rng.choice((0.0, rng.uniform(0.0, 10.0))),
+                       idle_unload=None if rng.random() < 0.6 else rng.uniform(0.5, 20.0), health_timeout=60.0)
+              for m, port in zip(names, ports)}
+    requests, t = [], 0.0
+    favourite = rng.choice(names)
+    for _ in range(rng.randint(3, 18)):
+        t += rng.expovariate(1 / rng.choice((0.05, 0.5, 3.0)))
+        model = favourite if rng.random() < 0.3 else rng.choice(names)
+        leave = t + rng.uniform(0.0, 15.0) if rng.random() < 0.1 else None
+        requests.append(Request(t, model, rng.choice((0.01, rng.uniform(0.01, 4.0))), leave))
+    faults = [Fault(rng.uniform(0, t + 5), rng.choice(("kill", "kill", "bus", "reload")), rng.choice(names),
+                    rng.uniform(0.01, 3.0)) for _ in range(rng.choice((0, 0, 1, 2)))]
+    longest = max(b.load_s for b in behaviour.values())
+    slowest = max(r.serve_s for r in requests)
+    window = max([5.0, 3 * longest] + [m.min_loaded or 0.0 for m in models.values()])
+    bound = (n + 1) * (window + slowest + TURNAROUND + longest + 5.0)  # the most a turn in the queue may take
+    patient = rng.random() < 0.7
+    config = Config("127.0.0.1", 3002, models, names={m: m for m in names}, memory_budget=budget,
+                    prompt_cache=PromptCacheSettings("/nonexistent"),  # no hooks here: never read
+                    max_wait=2 * bound if patient else rng.uniform(0.5, 20.0), max_queue=rng.choice((4, 256)))
+    return Workload(config, behaviour, tuple(requests), tuple(sorted(faults, key=lambda f: f.at)), patient)
+
+
+# -- the fakes -----------------------------------------------------------------------------------
+
+@dataclass
+class Unit:
+    """One fake unit: its state as systemd says it, and its backend's."""
+
+    name: str
+    model: str
+    state: ActiveState = ActiveState.INACTIVE
+    ready_at: float | None = None  # the backend answers 200 from then on
+    dies_at: float | None = None   # the process exits while loading then
+    started: int = 0
+
+    running: bool = False  # state.running, kept beside it: read after every step
+
+    def set(self, state: ActiveState) -> None:
+        self.state, self.running = state, state.running
+
+
+class FakeUnits:
+    """systemd as the scheduler sees it (ports.Units): jobs take virtual time; a start fails or
+    the process dies while loading as the seed says; units are killed behind the switch's back;
+    while the bus is down calls wait and signals are lost."""
+
+    JOB_S = 0.01
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.units: dict[str, Unit] = {}
+        self._watchers: list[Callable[[str, ActiveState], None]] = []
+        self._reconnect: list[Callable[[], None]] = []
+        self.bus_back_at = 0.0
+
+    def unit(self, name: str) -> Unit:
+        if name not in self.units:
+            self.units[name] = Unit(name, name.removesuffix(".service"))
+        return self.units[name]
+
+    async def _bus(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() < self.bus_back_at:
+            await asyncio.sleep(self.bus_back_at - loop.time())
+
+    def _set(self, unit: Unit, state: ActiveState) -> None:
+        unit.set(state)
+        self.world.changed = True
+        if asyncio.get_running_loop().time() >= self.bus_back_at:  # a signal while the bus is down is lost
+            for watch in list(self._watchers):
+                watch(unit.name, state)
+
+    async def start(self, name: str) -> None:
+        await self._bus()
+        unit, world = self.unit(name), self.world
+        world.on_start(unit)
+        await asyncio.sleep(self.JOB_S)
+        b, rng, now = world.load.behaviour[unit.model], world.rng, asyncio.get_running_loop().time()
+        if rng.random() < b.fail_p:
+            self._set(unit, ActiveState.FAILED)
+            world.note("start job of %s failed", name)
+            raise JobFailed(name, "start", "failed")
+        unit.started += 1
+        unit.ready_at = now + b.load_s * rng.uniform(0.5, 1.5)
+        unit.dies_at = now + rng.uniform(0, unit.ready_at - now) if rng.random() < b.die_p else None
+        if unit.dies_at is not None:
+            asyncio.get_running_loop().call_at(unit.dies_at, self.tick, unit, unit.started)
+        self._set(unit, ActiveState.ACTIVE)
+
+    async def start_transient(self, unit: str, argv: tuple[str, ...], description: str) -> None:
+        await self.start(unit)
+
+    async def stop(self, name: str) -> None:
+        await self._bus()
+        unit = self.unit(name)
+        self.world.on_stop(unit)
+        if unit.running:
+            self._set(unit, ActiveState.DEACTIVATING)
+            await asyncio.sleep(self.JOB_S)
+        self._set(unit, ActiveState.INACTIVE)
+        unit.ready_at = unit.dies_at = None
+
+    def tick(self, unit: Unit, run: int) -> None:
+        """A process that dies while loading does so at its time (if this run of it still runs)."""
+        if unit.started == run and unit.dies_at is not None and unit.running:
+            unit.dies_at = unit.ready_at = None
+            self.world.note("%s died while loading", unit.name)
+            self._set(unit, ActiveState.FAILED)
+
+    def kill(self, name: str) -> None:
+        unit = self.unit(name)
+        if unit.running:
+            unit.ready_at = unit.dies_at = None
+            self.world.on_killed(unit)
+            self._set(unit, ActiveState.FAILED)
+
+    def drop_bus(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.bus_back_at = loop.time() + seconds
+        loop.call_at(self.bus_back_at, lambda: [cb() for cb in list(self._reconnect)])
+
+    async def active_states(self, units: list[str]) -> dict[str, ActiveState]:
+        await self._bus()
+        return {u: self.unit(u).state for u in units}
+
+    async def memory(self, unit: str) -> tuple[int | None, int | None]:
+        return self.world.load.config.models[self.unit(unit).model].memory, None
+
+    async def failure(self, unit: str) -> str:
+        return f"{self.unit(unit).state}, result 'exit-code'"
+
+    def watch_units(self, callback: Callable[[str, ActiveState], None]) -> None:
+        self._watchers.append(callback)
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        self._reconnect.append(callback)
+
+
+class FakeBackends:
+    """The backends' /health (ports.Health): 503 while loading, 200 once ready, None when nothing
+    listens. A probe while loading answers at once when the load ends (or after `timeout`): the
+    virtual clock then needs few steps for a long load."""
+
+    def __init__(self, units: FakeUnits) -> None:
+        self._units = units
+
+    def _serving(self, url: str) -> Unit | None:
+        config = self._units.world.scheduler_config()
+        for unit in self._units.units.values():
+            model = config.models.get(unit.model)
+            if unit.running and model is not None and model.url == url:
+                return unit
+        return None
+
+    async def health(self, url: str, timeout: float) -> int | None:
+        loop = asyncio.get_running_loop()
+        unit = self._serving(url)
+        if unit is None or unit.ready_at is None:
+            await asyncio.sleep(0.001)
+            return None
+        if loop.time() < unit.ready_at:
+            until = min(unit.ready_at, unit.dies_at or unit.ready_at, loop.time() + timeout)
+            await asyncio.sleep(until - loop.time())
+        if not unit.running or unit.ready_at is None:
+            return None
+        return 200 if loop.time() >= unit.ready_at else 503
+
+    async def model_ids(self, url: str, timeout: float = 5.0) -> set[str] | None:
+        unit = self._serving(url)
+        return {unit.model} if unit is not None else None
+
+    def use_keys(self, keys: dict[str, str]) -> None:
+        pass
+
+
+async def _no_journal(unit: str) -> list[str]:
+    return []
+
+
+# -- the world -----------------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    request: Request
+    admitted_at: float | None = None
+    result: str = "pending"   # answered, refused (with the error), left
+
+
+@dataclass
+class World:
+    """Runs one seed: the scheduler, the fakes, the clients and the faults; checks after every step."""
+
+    seed: int
+    decide: Callable[..., policy.Plan] = policy.decide
+    trace: list[tuple[float, str, tuple]] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.load = workload(self.seed)
+        self.rng = random.Random(self.seed * 7919 + 1)
+        self.units = FakeUnits(self)
+        self.serving: dict[tuple[str, int], int] = {}  # (unit, which run of it) → requests it serves
+        self.last_ready: dict[str, float] = {}  # model → when its backend last became ready
+        self.again: dict[str, bool] = {}        # model → a start of it is warranted again
+        self.outcomes: list[Outcome] = []
+        self.scheduler: Scheduler | None = None
+        self.changed = False  # a unit changed state since the last check
+
+    # -- the record -----------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def note(self, text: str, *args) -> None:
+        self.trace.append((self.now(), text, args))
+
+    def fail(self, text: str, *args) -> None:
+        self.note("VIOLATION: " + text, *args)
+        self.violations.append(text % args)
+
+    def text(self) -> str:
+        lines = [f"seed {self.seed}: {self.load.config.models!r}", f"budget {self.load.config.memory_budget}, "
+                 f"max_wait {self.load.config.max_wait:.1f}, behaviour {self.load.behaviour!r}"]
+        lines += [f"{t:10.3f}  {text % args}" for t, text, args in self.trace]
+        return "\n".join(lines)
+
+    def scheduler_config(self) -> Config:
+        return self.scheduler.config if self.scheduler is not None else self.load.config
+
+    # -- invariants -----------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """After every step (that changed a unit): never over budget, never two models on one URL."""
+        if not self.changed:
+            return
+        self.changed = False
+        config = self.load.config
+        running = [u for u in self.units.units.values() if u.running]
+        if len(running) < 2:
+            return
+        models = [config.models[u.model] for u in running]
+        urls = [m.url for m in models]
+        if len(set(urls)) < len(urls):
+            self.fail("two models on one URL: %s", ", ".join(u.name for u in running))
+        elif config.memory_budget is None or any(m.memory is None for m in models):
+            self.fail("a model that runs alone runs beside others: %s", ", ".join(u.name for u in running))
+        elif (used := sum(m.memory for m in models)) > config.memory_budget:
+            self.fail("over budget: %s use %d of %d", ", ".join(u.name for u in running), used, config.memory_budget)
+
+    def on_start(self, unit: Unit) -> None:
+        """Collation: a model is loaded again only for a request the last load could not serve."""
+        self.note("start %s", unit.name)
+        if unit.model in self.last_ready and not self.again.get(unit.model, True):
+            self.fail("collation: %s loaded again with no request since it was last ready at %.3f", unit.model,
+                      self.last_ready[unit.model])
+        self.again[unit.model] = False
+
+    def on_stop(self, unit: Unit) -> None:
+        self.note("stop %s", unit.name)
+        if unit.running and (n := self.serving.get((unit.name, unit.started))):
+            self.fail("stop of %s with %d request(s) in flight", unit.name, n)
+
+    def on_killed(self, unit: Unit) -> None:
+        self.note("killed %s behind the switch's back", unit.name)
+        self.again[unit.model] = True
+
+    def on_state(self, event: StateChanged) -> None:
+        self.note("%s: %s → %s", event.model, event.old, event.new)
+        if event.new == "ready":
+            self.last_ready[event.model] = self.now()
+        elif event.new == "failed":
+            self.again[event.model] = True
+
+    # -- the clients and the faults ------------------------------------------------------------
+
+    async def client(self, request: Request) -> None:
+        await asyncio.sleep(request.at - self.now())
+        outcome = Outcome(request)
+        self.outcomes.append(outcome)
+        task = asyncio.current_task()
+        if request.leave_at is not None:
+            asyncio.get_running_loop().call_at(request.leave_at, task.cancel)
+        try:
+            await self._ask(request, outcome)
+            outcome.result = "answered"
+        except SwitchError as e:
+            outcome.result = f"refused: {type(e).__name__} {e.status}: {e.message}"
+            if not e.message or e.status < 400:
+                self.fail("a refusal without a reason: %r", e)
+            if type(e).__name__ == "QueueTimeout" and self.load.patient:
+                self.fail("starvation: %s waited %.1f s (max_wait) for its turn", request.model, self.load.config.max_wait)
+        except asyncio.CancelledError:
+            outcome.result = "left"
+        self.note("request for %s (at %.3f): %s", request.model, request.at, outcome.result)
+
+    async def _ask(self, request: Request, outcome: Outcome) -> None:
+        """What http/proxy.py does: use the model; a backend found gone is forgotten and used again."""
+        scheduler = self.scheduler
+        model = scheduler.config.models.get(request.model)
+        if model is None:
+            raise UnknownModelHere(f"{request.model} is not configured now")
+        runtime = scheduler.models.get(request.model)
+        if runtime is not None and str(runtime.state) != "starting":
+            self.again[request.model] = True
+        for attempt in (1, 2):
+            async with scheduler.use(model) as runtime:
+                self._admitted(request, outcome)
+                unit = self.units.unit(model.unit)
+                if unit.running and unit.ready_at is not None and self.now() >= unit.ready_at:
+                    return await self._serve(request, unit)
+            if attempt == 1 and await scheduler.forget_if_stopped(runtime):
+                continue
+            raise BackendGoneHere(f"{model.unit} does not serve")
+
+    def _admitted(self, request: Request, outcome: Outcome) -> None:
+        waited = self.now() - request.at
+        outcome.admitted_at = self.now()
+        if waited > self.load.config.max_wait + EPSILON:
+            self.fail("%s waited %.3f s, past max_wait %.3f", request.model, waited, self.load.config.max_wait)
+
+    async def _serve(self, request: Request, unit: Unit) -> None:
+        """Served by this run of the unit; one killed meanwhile breaks the answer off."""
+        key = (unit.name, unit.started)
+        self.serving[key] = self.serving.get(key, 0) + 1
+        try:
+            await asyncio.sleep(request.serve_s)
+        finally:
+            self.serving[key] -= 1
+        if (unit.name, unit.started) != key or not unit.running:
+            raise BackendGoneHere(f"{unit.name} was killed while it answered")
+
+    async def fault(self, fault: Fault) -> None:
+        await asyncio.sleep(fault.at - self.now())
+        self.note("fault: %s %s %.3f", fault.kind, fault.model, fault.seconds)
+        if fault.kind == "kill":
+            self.units.kill(f"{fault.model}.service")
+        elif fault.kind == "bus":
+            self.units.drop_bus(fault.seconds)
+        else:
+            await self.reload(fault.model)
+
+    async def reload(self, name: str) -> None:
+        """A reload that drops `name` (or adds it back) and draws its windows anew."""
+        config = self.scheduler.config
+        models = dict(config.models)
+        if name in models and len(models) > 1:
+            del models[name]
+        else:
+            original = self.load.config.models[name]
+            models[name] = replace(original, min_loaded=self.rng.choice((None, self.rng.uniform(0, 5))))
+        for m in models:
+            self.again[m] = True
+        await self.scheduler.reload(replace(config, models=models, names={m: m for m in models}))
+
+    # -- a run ----------------------------------------------------------------------------------
+
+    async def main(self) -> None:
+        events = EventBus()
+        events.subscribe(StateChanged, self.on_state)
+        parts = Parts(self.units, FakeBackends(self.units), events, clock=asyncio.get_running_loop().time,
+                      journal=_no_journal)
+        self.scheduler = Scheduler(self.load.config, parts, decide=self.decide)
+        try:
+            await asyncio.gather(*(self.client(r) for r in self.load.requests),
+                                 *(self.fault(f) for f in self.load.faults))
+            self._finished()
+        finally:
+            await self.scheduler.close()
+
+    def _finished(self) -> None:
+        """Every request answered or refused with a reason; nothing left waiting or in flight."""
+        for outcome in self.outcomes:
+            if outcome.result == "pending":
+                self.fail("a request for %s got no answer", outcome.request.model)
+        if len(self.outcomes) != len(self.load.requests):
+            self.fail("%d of %d requests ran", len(self.outcomes), len(self.load.requests))
+        for name, r in self.scheduler.models.items():
+            if r.in_flight or r.waiting:
+                self.fail("%s: %d in flight and %d waiting after every request ended", name, r.in_flight, r.waiting)
+
+    def run(self) -> World:
+        loop = VirtualLoop()
+        loop.set_exception_handler(lambda _, context: self.fail("unhandled: %s", context.get("exception")
+                                                                  or context.get("message")))
+
+        loop.after_step = self.check
+        try:
+            loop.run_until_complete(asyncio.wait_for(self.main(), 100_000))
+        except Exception as e:  # a bug in the switch surfaces here (IllegalTransition, Stuck, ...)
+            self.fail("%s: %s", type(e).__name__, e)
+        finally:
+            loop.close()
+        return self
+
+
+class UnknownModelHere(SwitchError):
+    """The model is not configured (a reload dropped it): what the http layer answers with a 404."""
+    status = 404
+
+
+class BackendGoneHere(SwitchError):
+    """Admitted, but the backend did not serve (killed behind the switch's back): a 502."""
+    status = 502
+
+
+def run_seed(seed: int, decide: Callable[..., policy.Plan] = policy.decide) -> World:
+    logging.getLogger("llm_switch").setLevel(logging.CRITICAL + 1)  # thousands of runs: log lines cost time
+    return World(seed, decide).run()
