@@ -53,6 +53,9 @@ _REFUSED_LOG_EVERY = 10.0  # s: at most one warning about refused connections th
 
 
 class Server:
+    """`config` is what it starts with (listen and the connection limits keep it); the newest,
+    after a SIGHUP, is the scheduler's: the one source of every other setting."""
+
     def __init__(self, config: Config, explicit_path: str | None) -> None:
         self.config = config
         self.explicit_path = explicit_path
@@ -116,11 +119,11 @@ class Server:
                 self._spawn(self._preload(scheduler), "preload")
             await self._stop.wait()
             log.info("stopping; requests in flight get up to %g s (shutdown_grace); units are left as they are",
-                     self.config.shutdown_grace)
+                     scheduler.config.shutdown_grace)
             notify("STOPPING=1")
             # requests in flight get shutdown_grace to finish (keep it under the unit's
             # TimeoutStopSec); those still going then end with a 503 or an SSE error event
-            await app[INFLIGHT].stop(self.config.shutdown_grace)
+            await app[INFLIGHT].stop(scheduler.config.shutdown_grace)
         finally:
             await self._cancel_tasks()
             if listener is not None:
@@ -152,7 +155,7 @@ class Server:
         from . import load_config
 
         notify("RELOADING=1")
-        current = self.config
+        current = scheduler.config  # the one source: a reload replaces it there
         try:
             new = load_config(self.explicit_path or current.path)
             at_start = ("listen", "max_body_bytes", "max_connections", "header_timeout")

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable
 
 from ..config import Config, Model
 from ..errors import QueueFull, QueueTimeout, StartFailed, SwitchError, UnknownModel
-from ..events import EventBus, SwitchDone
+from ..events import SwitchDone
 from ..units.systemd import ActiveState
 from . import policy, waiting
 from .model import ModelRuntime
