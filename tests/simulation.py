@@ -105,7 +105,7 @@ class Request:
 @dataclass(frozen=True)
 class Fault:
     at: float
-    kind: str        # kill, bus, reload
+    kind: str        # kill, bus, reload, unload (as /unload/{model} or Ollama's keep_alive 0)
     model: str = ""
     seconds: float = 0.0
 
@@ -140,7 +140,7 @@ def workload(seed: int) -> Workload:
         model = favourite if rng.random() < 0.3 else rng.choice(names)
         leave = t + rng.uniform(0.0, 15.0) if rng.random() < 0.1 else None
         requests.append(Request(t, model, rng.choice((0.01, rng.uniform(0.01, 4.0))), leave))
-    faults = [Fault(rng.uniform(0, t + 5), rng.choice(("kill", "kill", "bus", "reload")), rng.choice(names),
+    faults = [Fault(rng.uniform(0, t + 5), rng.choice(("kill", "kill", "bus", "reload", "unload")), rng.choice(names),
                     rng.uniform(0.01, 3.0)) for _ in range(rng.choice((0, 0, 1, 2)))]
     longest = max(b.load_s for b in behaviour.values())
     slowest = max(r.serve_s for r in requests)
@@ -338,11 +338,12 @@ class World:
         self.outcomes: list[Outcome] = []
         self.scheduler: Scheduler | None = None
         self.changed = False  # a unit changed state since the last check
+        self.loop = VirtualLoop()
 
     # -- the record -----------------------------------------------------------------------------
 
     def now(self) -> float:
-        return asyncio.get_running_loop().time()
+        return self.loop.now
 
     def note(self, text: str, *args) -> None:
         self.trace.append((self.now(), text, args))
@@ -469,6 +470,10 @@ class World:
             self.units.kill(f"{fault.model}.service")
         elif fault.kind == "bus":
             self.units.drop_bus(fault.seconds)
+        elif fault.kind == "unload":
+            self.again[fault.model] = True
+            if fault.model in self.scheduler.models:
+                await self.scheduler.unload([fault.model])
         else:
             await self.reload(fault.model)
 
@@ -512,7 +517,7 @@ class World:
                 self.fail("%s: %d in flight and %d waiting after every request ended", name, r.in_flight, r.waiting)
 
     def run(self) -> World:
-        loop = VirtualLoop()
+        loop = self.loop
         loop.set_exception_handler(lambda _, context: self.fail("unhandled: %s", context.get("exception")
                                                                   or context.get("message")))
 

@@ -314,7 +314,8 @@ class Scheduler:
         stopped: list[str] = []
 
         async def work() -> None:
-            chosen = [self.models[n] for n in names] if names else list(self.models.values())
+            # a reload queued before this one may have dropped a named model meanwhile
+            chosen = [self.models[n] for n in names if n in self.models] if names else list(self.models.values())
             stopped.extend(r.name for r in await self._stop_running(chosen))
             if stopped:
                 log.info("unloaded %s", ", ".join(stopped))
