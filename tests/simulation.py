@@ -10,6 +10,7 @@ random generator, and checks the invariants of docs/design.md after every step o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import selectors
@@ -105,7 +106,7 @@ class Request:
 @dataclass(frozen=True)
 class Fault:
     at: float
-    kind: str        # kill, bus, reload, unload (as /unload/{model} or Ollama's keep_alive 0)
+    kind: str        # kill, bus, reload, unload (/unload/{model}, Ollama's keep_alive 0), load (/load/{model})
     model: str = ""
     seconds: float = 0.0
 
@@ -140,7 +141,7 @@ def workload(seed: int) -> Workload:
         model = favourite if rng.random() < 0.3 else rng.choice(names)
         leave = t + rng.uniform(0.0, 15.0) if rng.random() < 0.1 else None
         requests.append(Request(t, model, rng.choice((0.01, rng.uniform(0.01, 4.0))), leave))
-    faults = [Fault(rng.uniform(0, t + 5), rng.choice(("kill", "kill", "bus", "reload", "unload")), rng.choice(names),
+    faults = [Fault(rng.uniform(0, t + 5), rng.choice(("kill", "kill", "bus", "reload", "unload", "load")), rng.choice(names),
                     rng.uniform(0.01, 3.0)) for _ in range(rng.choice((0, 0, 1, 2)))]
     longest = max(b.load_s for b in behaviour.values())
     slowest = max(r.serve_s for r in requests)
@@ -474,6 +475,11 @@ class World:
             self.again[fault.model] = True
             if fault.model in self.scheduler.models:
                 await self.scheduler.unload([fault.model])
+        elif fault.kind == "load":
+            self.again[fault.model] = True
+            if fault.model in self.scheduler.models:
+                with contextlib.suppress(SwitchError):  # refused like a request: the reason was checked there
+                    await self.scheduler.load(fault.model)
         else:
             await self.reload(fault.model)
 
