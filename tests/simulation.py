@@ -106,7 +106,7 @@ class Request:
 @dataclass(frozen=True)
 class Fault:
     at: float
-    kind: str        # kill, bus, reload, unload (/unload/{model}, Ollama's keep_alive 0), load (/load/{model})
+    kind: str  # kill, bus, reload, unload (/unload/{model}), load (/load/{model}), stray (started by hand)
     model: str = ""
     seconds: float = 0.0
 
@@ -141,7 +141,7 @@ def workload(seed: int) -> Workload:
         model = favourite if rng.random() < 0.3 else rng.choice(names)
         leave = t + rng.uniform(0.0, 15.0) if rng.random() < 0.1 else None
         requests.append(Request(t, model, rng.choice((0.01, rng.uniform(0.01, 4.0))), leave))
-    faults = [Fault(rng.uniform(0, t + 5), rng.choice(("kill", "kill", "bus", "reload", "unload", "load")), rng.choice(names),
+    faults = [Fault(rng.uniform(0, t + 5), rng.choice(("kill", "kill", "bus", "reload", "unload", "load", "stray")), rng.choice(names),
                     rng.uniform(0.01, 3.0)) for _ in range(rng.choice((0, 0, 1, 2)))]
     longest = max(b.load_s for b in behaviour.values())
     slowest = max(r.serve_s for r in requests)
@@ -166,6 +166,7 @@ class Unit:
     ready_at: float | None = None  # the backend answers 200 from then on
     dies_at: float | None = None   # the process exits while loading then
     started: int = 0
+    by_hand: bool = False          # started outside the switch (a stray)
 
     running: bool = False  # state.running, kept beside it: read after every step
 
@@ -209,6 +210,9 @@ class FakeUnits:
         unit, world = self.unit(name), self.world
         world.on_start(unit)
         await asyncio.sleep(self.JOB_S)
+        if unit.running:  # started by hand meanwhile: systemd's job is done at once
+            unit.by_hand = False
+            return
         b, rng, now = world.load.behaviour[unit.model], world.rng, asyncio.get_running_loop().time()
         if rng.random() < b.fail_p:
             self._set(unit, ActiveState.FAILED)
@@ -233,6 +237,7 @@ class FakeUnits:
             await asyncio.sleep(self.JOB_S)
         self._set(unit, ActiveState.INACTIVE)
         unit.ready_at = unit.dies_at = None
+        unit.by_hand = False
 
     def tick(self, unit: Unit, run: int) -> None:
         """A process that dies while loading does so at its time (if this run of it still runs)."""
@@ -240,6 +245,15 @@ class FakeUnits:
             unit.dies_at = unit.ready_at = None
             self.world.note("%s died while loading", unit.name)
             self._set(unit, ActiveState.FAILED)
+
+    def start_by_hand(self, name: str) -> None:
+        """`systemctl --user start` outside the switch."""
+        unit = self.unit(name)
+        if not unit.running:
+            unit.started += 1
+            unit.by_hand, unit.dies_at = True, None
+            unit.ready_at = asyncio.get_running_loop().time() + self.world.load.behaviour[unit.model].load_s
+            self._set(unit, ActiveState.ACTIVE)
 
     def kill(self, name: str) -> None:
         unit = self.unit(name)
@@ -369,22 +383,29 @@ class World:
         if not self.changed:
             return
         self.changed = False
-        config = self.load.config
-        running = [u for u in self.units.units.values() if u.running]
+        self._may_run_together([u for u in self.units.units.values() if u.running and not u.by_hand])
+
+    def _may_run_together(self, running: list[Unit], when: str = "") -> None:
+        """docs/design.md, "Who may run together"."""
         if len(running) < 2:
             return
+        config, names = self.load.config, ", ".join(u.name for u in running)
         models = [config.models[u.model] for u in running]
         urls = [m.url for m in models]
         if len(set(urls)) < len(urls):
-            self.fail("two models on one URL: %s", ", ".join(u.name for u in running))
+            self.fail("two models on one URL%s: %s", when, names)
         elif config.memory_budget is None or any(m.memory is None for m in models):
-            self.fail("a model that runs alone runs beside others: %s", ", ".join(u.name for u in running))
+            self.fail("a model that runs alone runs beside others%s: %s", when, names)
         elif (used := sum(m.memory for m in models)) > config.memory_budget:
-            self.fail("over budget: %s use %d of %d", ", ".join(u.name for u in running), used, config.memory_budget)
+            self.fail("over budget%s: %s use %d of %d", when, names, used, config.memory_budget)
 
     def on_start(self, unit: Unit) -> None:
         """Collation: a model is loaded again only for a request the last load could not serve."""
         self.note("start %s", unit.name)
+        configured = self.scheduler_config().models  # a unit of a model not configured is not the switch's
+        others = [u for u in self.units.units.values()
+                  if u.running and u is not unit and (not u.by_hand or u.model in configured)]
+        self._may_run_together(others + [unit], " (units started by hand counted)")
         if unit.model in self.last_ready and not self.again.get(unit.model, True):
             self.fail("collation: %s loaded again with no request since it was last ready at %.3f", unit.model,
                       self.last_ready[unit.model])
@@ -469,6 +490,8 @@ class World:
         self.note("fault: %s %s %.3f", fault.kind, fault.model, fault.seconds)
         if fault.kind == "kill":
             self.units.kill(f"{fault.model}.service")
+        elif fault.kind == "stray":
+            self.units.start_by_hand(f"{fault.model}.service")
         elif fault.kind == "bus":
             self.units.drop_bus(fault.seconds)
         elif fault.kind == "unload":

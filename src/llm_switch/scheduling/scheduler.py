@@ -210,15 +210,14 @@ class Scheduler:
     async def _switch(self, name: str, stop: tuple[str, ...]) -> None:
         target = self.models[name]
         t0 = self._clock()
-        stopping = [self.models[n] for n in stop] + await self._strays(target, stop)
-        previous = tuple(r.name for r in stopping)
-        for r in stopping:
-            r.drain()
+        stopping: list[ModelRuntime] = []
         try:
-            await asyncio.gather(*(r.stop() for r in stopping))
+            await self._make_room(target, stop, stopping)
         except SwitchError as e:
+            previous = tuple(r.name for r in stopping)
             self._record(previous, name, self._clock() - t0, 0.0, ok=False)
             raise StartFailed(f"{name}: could not stop {', '.join(previous)} first: {e.message}") from None
+        previous = tuple(r.name for r in stopping)
         stopped_s = self._clock() - t0
         try:
             ready_s = await target.start()
@@ -239,6 +238,20 @@ class Scheduler:
         if target.measured_over_declared():
             log.warning("%s: measured memory exceeds the declared %s; raise models.%s.memory in config.yaml",
                         name, target.memory_text(), name)
+
+    async def _make_room(self, target: ModelRuntime, stop: tuple[str, ...], stopping: list[ModelRuntime]) -> None:
+        """Drain and stop the planned models (`stop`), then the strays in the way, each added to
+        `stopping` as it is chosen. Strays are looked for once the drain is over: a unit started
+        by hand during a long drain counts."""
+        await self._drain_and_stop([self.models[n] for n in stop], stopping)
+        await self._drain_and_stop(await self._strays(target, stop), stopping)
+
+    @staticmethod
+    async def _drain_and_stop(chosen: list[ModelRuntime], stopping: list[ModelRuntime]) -> None:
+        stopping.extend(chosen)
+        for r in chosen:
+            r.drain()  # all at once: none takes new requests while another drains
+        await asyncio.gather(*(r.stop() for r in chosen))
 
     async def _strays(self, target: ModelRuntime, planned: tuple[str, ...]) -> list[ModelRuntime]:
         """Units systemd runs that the switch did not start (by hand, or left by a crash) and that
