@@ -120,20 +120,48 @@ class Workload:
     patient: bool  # max_wait is long enough that a queue_timeout means starvation
 
 
+FAULTS = ("kill", "kill", "bus", "reload", "unload", "load", "stray")
+
+
 def workload(seed: int) -> Workload:
     rng = random.Random(seed)
+    models, behaviour = _models(rng)
+    names = list(models)
+    requests = _requests(rng, names)
+    end = requests[-1].at + 5
+    faults = sorted((Fault(rng.uniform(0, end), rng.choice(FAULTS), rng.choice(names), rng.uniform(0.01, 3.0))
+                     for _ in range(rng.choice((0, 0, 1, 2)))), key=lambda f: f.at)
+    declared = [m.memory for m in models.values() if m.memory]
+    budget = None if rng.random() < 0.2 or not declared else rng.randint(max(declared), sum(declared))
+    longest = max(b.load_s for b in behaviour.values())
+    window = max([5.0, 3 * longest] + [m.min_loaded or 0.0 for m in models.values()])
+    slowest = max(r.serve_s for r in requests)
+    bound = (len(names) + 1) * (window + slowest + TURNAROUND + longest + 5.0)  # the most a turn may take
+    patient = rng.random() < 0.7
+    config = Config("127.0.0.1", 3002, models, names={m: m for m in names}, memory_budget=budget,
+                    prompt_cache=PromptCacheSettings("/nonexistent"),  # no hooks here: never read
+                    max_wait=2 * bound if patient else rng.uniform(0.5, 20.0), max_queue=rng.choice((4, 256)))
+    return Workload(config, behaviour, requests, tuple(faults), patient)
+
+
+def _models(rng: random.Random) -> tuple[dict[str, Model], dict[str, Behaviour]]:
+    """1 to 4 models, some on one URL, some without `memory`; their windows and how they load."""
     n = rng.randint(1, 4)
-    names = [f"m{i}" for i in range(n)]
-    ports = [3004 + rng.randrange(max(1, n - rng.randint(0, 1))) for _ in names]  # some share a URL
-    memory = {m: None if rng.random() < 0.15 else rng.randint(1, 8) * GiB for m in names}
-    declared = [v for v in memory.values() if v]
-    budget = None if rng.random() < 0.2 or not declared else rng.randint(max(declared), max(sum(declared), max(declared)))
-    behaviour = {m: Behaviour(rng.uniform(0.05, 6.0), rng.choice((0.0, 0.0, 0.1, 0.4)), rng.choice((0.0, 0.0, 0.1)))
-                 for m in names}
-    models = {m: Model(m, f"{m}.service", f"http://127.0.0.1:{port}", memory=memory[m],
-                       min_loaded=None if rng.random() < 0.5 else rng.choice((0.0, rng.uniform(0.0, 10.0))),
-                       idle_unload=None if rng.random() < 0.6 else rng.uniform(0.5, 20.0), health_timeout=60.0)
-              for m, port in zip(names, ports)}
+    models, behaviour = {}, {}
+    for i in range(n):
+        name, port = f"m{i}", 3004 + rng.randrange(max(1, n - rng.randint(0, 1)))
+        memory = None if rng.random() < 0.15 else rng.randint(1, 8) * GiB
+        min_loaded = None if rng.random() < 0.5 else rng.choice((0.0, rng.uniform(0.0, 10.0)))
+        idle_unload = None if rng.random() < 0.6 else rng.uniform(0.5, 20.0)
+        models[name] = Model(name, f"{name}.service", f"http://127.0.0.1:{port}", memory=memory,
+                             min_loaded=min_loaded, idle_unload=idle_unload, health_timeout=60.0)
+        behaviour[name] = Behaviour(rng.uniform(0.05, 6.0), rng.choice((0.0, 0.0, 0.1, 0.4)),
+                                    rng.choice((0.0, 0.0, 0.1)))
+    return models, behaviour
+
+
+def _requests(rng: random.Random, names: list[str]) -> tuple[Request, ...]:
+    """3 to 18 requests, in bursts or apart, a third of them for one favourite model."""
     requests, t = [], 0.0
     favourite = rng.choice(names)
     for _ in range(rng.randint(3, 18)):
@@ -141,17 +169,7 @@ def workload(seed: int) -> Workload:
         model = favourite if rng.random() < 0.3 else rng.choice(names)
         leave = t + rng.uniform(0.0, 15.0) if rng.random() < 0.1 else None
         requests.append(Request(t, model, rng.choice((0.01, rng.uniform(0.01, 4.0))), leave))
-    faults = [Fault(rng.uniform(0, t + 5), rng.choice(("kill", "kill", "bus", "reload", "unload", "load", "stray")), rng.choice(names),
-                    rng.uniform(0.01, 3.0)) for _ in range(rng.choice((0, 0, 1, 2)))]
-    longest = max(b.load_s for b in behaviour.values())
-    slowest = max(r.serve_s for r in requests)
-    window = max([5.0, 3 * longest] + [m.min_loaded or 0.0 for m in models.values()])
-    bound = (n + 1) * (window + slowest + TURNAROUND + longest + 5.0)  # the most a turn in the queue may take
-    patient = rng.random() < 0.7
-    config = Config("127.0.0.1", 3002, models, names={m: m for m in names}, memory_budget=budget,
-                    prompt_cache=PromptCacheSettings("/nonexistent"),  # no hooks here: never read
-                    max_wait=2 * bound if patient else rng.uniform(0.5, 20.0), max_queue=rng.choice((4, 256)))
-    return Workload(config, behaviour, tuple(requests), tuple(sorted(faults, key=lambda f: f.at)), patient)
+    return tuple(requests)
 
 
 # -- the fakes -----------------------------------------------------------------------------------
@@ -444,7 +462,8 @@ class World:
             if not e.message or e.status < 400:
                 self.fail("a refusal without a reason: %r", e)
             if type(e).__name__ == "QueueTimeout" and self.load.patient:
-                self.fail("starvation: %s waited %.1f s (max_wait) for its turn", request.model, self.load.config.max_wait)
+                self.fail("starvation: %s waited %.1f s (max_wait) for its turn", request.model,
+                          self.load.config.max_wait)
         except asyncio.CancelledError:
             outcome.result = "left"
         self.note("request for %s (at %.3f): %s", request.model, request.at, outcome.result)

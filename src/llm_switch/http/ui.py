@@ -71,7 +71,8 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
                     continue
                 if isinstance(event, RequestDone):
                     if event.model is not None:  # with every model's requests in flight and waiting now
-                        counts = {n: [m.in_flight, m.waiting] for n, m in request.app[SCHEDULER].snapshot().models.items()}
+                        models = request.app[SCHEDULER].snapshot().models
+                        counts = {n: [m.in_flight, m.waiting] for n, m in models.items()}
                         await response.write(_sse("request", {**event.as_json(), "counts": counts}))
                 elif isinstance(event, LoadProgress):
                     await response.write(_sse("progress", {"model": event.model, "elapsed_s": round(event.elapsed_s, 1)}))
