@@ -185,11 +185,15 @@ class Unit:
     dies_at: float | None = None   # the process exits while loading then
     started: int = 0
     by_hand: bool = False          # started outside the switch (a stray)
-
-    running: bool = False  # state.running, kept beside it: read after every step
+    running: bool = False          # state.running, kept beside it: read after every step
+    probes: list[asyncio.Future] = field(default_factory=list)  # /health polls waiting for the load
 
     def set(self, state: ActiveState) -> None:
         self.state, self.running = state, state.running
+        for probe in self.probes:  # a process that exits closes its connections
+            if not probe.done():
+                probe.set_result(None)
+        self.probes.clear()
 
 
 class FakeUnits:
@@ -324,9 +328,14 @@ class FakeBackends:
         if unit is None or unit.ready_at is None:
             await asyncio.sleep(0.001)
             return None
-        if loop.time() < unit.ready_at:
-            until = min(unit.ready_at, unit.dies_at or unit.ready_at, loop.time() + timeout)
-            await asyncio.sleep(until - loop.time())
+        if loop.time() < unit.ready_at:  # answers when the load is done, the unit exits, or at timeout
+            probe = loop.create_future()
+            unit.probes.append(probe)
+            timer = loop.call_at(min(unit.ready_at, loop.time() + timeout), probe.set_result, None)
+            try:
+                await probe
+            finally:
+                timer.cancel()
         if not unit.running or unit.ready_at is None:
             return None
         return 200 if loop.time() >= unit.ready_at else 503
@@ -386,8 +395,11 @@ class World:
         self.violations.append(text % args)
 
     def text(self) -> str:
-        lines = [f"seed {self.seed}: {self.load.config.models!r}", f"budget {self.load.config.memory_budget}, "
-                 f"max_wait {self.load.config.max_wait:.1f}, behaviour {self.load.behaviour!r}"]
+        c = self.load.config
+        lines = [f"seed {self.seed}: memory_budget {c.memory_budget}, max_wait {c.max_wait:.1f}, "
+                 f"max_queue {c.max_queue}"]
+        lines += [f"  {m.name}: {m.url} memory {m.memory} min_loaded {m.min_loaded} idle_unload {m.idle_unload}; "
+                  f"{self.load.behaviour[m.name]}" for m in c.models.values()]
         lines += [f"{t:10.3f}  {text % args}" for t, text, args in self.trace]
         return "\n".join(lines)
 
