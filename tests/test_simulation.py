@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 from simulation import VirtualLoop, World, run_seed
@@ -40,9 +42,21 @@ def _report(world: World) -> str:
             + world.text())
 
 
+def _failure_in(seeds: range) -> str | None:
+    """In a worker process: the report of the first failing seed of `seeds`, or None."""
+    world = _first_failure(seeds)
+    return _report(world) if world is not None else None
+
+
 def test_every_seed_keeps_every_invariant():
-    world = _first_failure(_seeds())
-    assert world is None, _report(world)
+    seeds = _seeds()
+    workers = min(len(seeds), os.cpu_count() or 1, 8)  # seeds are independent: every core helps
+    step = -(-len(seeds) // workers)
+    parts = [seeds[i:i + step] for i in range(0, len(seeds), step)]
+    # forkserver: clean workers; a fork would copy whatever threads earlier tests left running
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        reports = [r for r in pool.map(_failure_in, parts) if r is not None]
+    assert not reports, reports[0]
 
 
 def test_a_seed_replays_step_for_step():
