@@ -255,7 +255,7 @@ class Scheduler:
 
     async def _strays(self, target: ModelRuntime, planned: tuple[str, ...]) -> list[ModelRuntime]:
         """Units systemd runs that the switch did not start (by hand, or left by a crash) and that
-        would not leave room for `target`: stopped with the planned ones."""
+        would not leave room for `target` beside the models that keep running."""
         others = [r for r in self.models.values() if r is not target and r.name not in planned]
         if not others:
             return []
