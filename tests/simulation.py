@@ -415,7 +415,7 @@ class World:
         self.changed = False
         self._may_run_together([u for u in self.units.units.values() if u.running and not u.by_hand])
 
-    def _may_run_together(self, running: list[Unit], when: str = "") -> None:
+    def _may_run_together(self, running: list[Unit]) -> None:
         """docs/design.md, "Who may run together"."""
         if len(running) < 2:
             return
@@ -423,11 +423,25 @@ class World:
         models = [config.models[u.model] for u in running]
         urls = [m.url for m in models]
         if len(set(urls)) < len(urls):
-            self.fail("two models on one URL%s: %s", when, names)
+            self.fail("two models on one URL: %s", names)
         elif config.memory_budget is None or any(m.memory is None for m in models):
-            self.fail("a model that runs alone runs beside others%s: %s", when, names)
+            self.fail("a model that runs alone runs beside others: %s", names)
         elif (used := sum(m.memory for m in models)) > config.memory_budget:
-            self.fail("over budget%s: %s use %d of %d", when, names, used, config.memory_budget)
+            self.fail("over budget: %s use %d of %d", names, used, config.memory_budget)
+
+    def _may_start_beside(self, unit: Unit, others: list[Unit]) -> None:
+        """The same rule for a start, with the units started by hand counted: the target must fit
+        beside every unit that runs (two strays in each other's way are the hand's doing)."""
+        if not others:
+            return
+        config, names = self.load.config, ", ".join(u.name for u in others)
+        target, running = config.models[unit.model], [config.models[u.model] for u in others]
+        if any(m.url == target.url for m in running):
+            self.fail("two models on one URL: %s started beside %s", unit.name, names)
+        elif config.memory_budget is None or target.memory is None or any(m.memory is None for m in running):
+            self.fail("a model that runs alone runs beside others: %s started beside %s", unit.name, names)
+        elif (used := sum(m.memory for m in running) + target.memory) > config.memory_budget:
+            self.fail("over budget: %s started beside %s, %d of %d", unit.name, names, used, config.memory_budget)
 
     def on_start(self, unit: Unit) -> None:
         """Collation: a model is loaded again only for a request the last load could not serve."""
@@ -435,7 +449,7 @@ class World:
         configured = self.scheduler_config().models  # a unit of a model not configured is not the switch's
         others = [u for u in self.units.units.values()
                   if u.running and u is not unit and (not u.by_hand or u.model in configured)]
-        self._may_run_together(others + [unit], " (units started by hand counted)")
+        self._may_start_beside(unit, others)
         if unit.model in self.last_ready and not self.again.get(unit.model, True):
             self.fail("collation: %s loaded again with no request since it was last ready at %.3f", unit.model,
                       self.last_ready[unit.model])
