@@ -39,7 +39,7 @@ def test_transition_table(old, new):
 def _runtime(state: State, events: EventBus | None = None) -> ModelRuntime:
     r = ModelRuntime(Model("a", "a.service", "http://127.0.0.1:3004"), Parts(None, None, events or EventBus()),
                      lambda _: [])
-    r.state = state  # set up the case: the books' own door is what is tested
+    r._state = state  # set up the case: the books' own door is what is tested
     return r
 
 
@@ -53,7 +53,7 @@ def _runtime(state: State, events: EventBus | None = None) -> ModelRuntime:
 ])
 def test_a_request_is_admitted_only_by_a_ready_model_that_does_not_drain(state, draining, admitted):
     r = _runtime(state)
-    r.draining = draining
+    r._draining = draining
     if admitted:
         r.admit()
         assert (r.in_flight, r.idle_since) == (1, None)
@@ -87,6 +87,13 @@ def test_counts_never_go_below_zero():
     r.admit()
     r.release()
     assert (r.in_flight, r.waiting) == (0, 0) and r.idle_since is not None
+
+
+def test_the_books_are_read_only_outside():
+    r = _runtime(S.READY)
+    for field in ("state", "in_flight", "waiting", "draining"):
+        with pytest.raises(AttributeError):
+            setattr(r, field, getattr(r, field))
 
 
 def test_a_state_change_leaves_draining_and_is_published():

@@ -68,12 +68,12 @@ class ModelRuntime:
         self._systemd, self._backends, self._events = parts.units, parts.backends, parts.events
         self._clock = parts.clock
         self._sharing = sharing  # other configured models on the same URL
-        self.state = State.STOPPED
+        self._state = State.STOPPED
         self.since = time.time()
         self.reason: str | None = None
-        self.in_flight = 0
-        self.waiting = 0
-        self.draining = False
+        self._in_flight = 0
+        self._waiting = 0
+        self._draining = False
         self.last_used = 0.0
         self.ready_at = 0.0
         self.idle_since: float | None = self._clock()
@@ -90,6 +90,24 @@ class ModelRuntime:
     @property
     def name(self) -> str:
         return self.model.name
+
+    # the books: read anywhere in scheduling, changed only through the methods below
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
 
     def view(self) -> ModelView:
         return ModelView(
@@ -114,32 +132,32 @@ class ModelRuntime:
 
     def _set(self, state: State, reason: str | None = None) -> None:
         check_transition(self.state, state)
-        old, self.state, self.since, self.reason = self.state, state, time.time(), reason
+        old, self._state, self.since, self.reason = self._state, state, time.time(), reason
         if state is not State.READY:
-            self.draining = False
+            self._draining = False
         self._events.publish(StateChanged(self.name, str(old), str(state), reason))
 
     def drain(self) -> None:
         """Chosen to stop: take no new requests from now on."""
         if self.state not in DRAINABLE:
             raise IllegalTransition(f"{self.name}: cannot drain while {self.state}")
-        self.draining = True
+        self._draining = True
 
     # -- requests -----------------------------------------------------------------------------
 
     def enqueue(self) -> None:
-        self.waiting += 1
+        self._waiting += 1
 
     def dequeue(self) -> None:
         if self.waiting <= 0:
             raise IllegalTransition(f"{self.name}: no request waits")
-        self.waiting -= 1
+        self._waiting -= 1
 
     def admit(self) -> None:
         if self.state is not State.READY or self.draining:
             raise IllegalTransition(f"{self.name}: a request admitted while {self.state}"
                                     + (", draining" if self.draining else ""))
-        self.in_flight += 1
+        self._in_flight += 1
         self.last_used = self._clock()
         self.idle_since = None
         self._idle.clear()
@@ -147,7 +165,7 @@ class ModelRuntime:
     def release(self) -> None:
         if self.in_flight <= 0:
             raise IllegalTransition(f"{self.name}: a request released that was not in flight")
-        self.in_flight -= 1
+        self._in_flight -= 1
         self.last_used = self._clock()
         if self.in_flight == 0:
             self.idle_since = self.last_used
