@@ -363,15 +363,17 @@ class Outcome:
 
 @dataclass
 class World:
-    """Runs one seed: the scheduler, the fakes, the clients and the faults; checks after every step."""
+    """Runs one seed (or a workload written by hand): the scheduler, the fakes, the clients and
+    the faults; checks after every step."""
 
     seed: int
     decide: Callable[..., policy.Plan] = policy.decide
+    load: Workload | None = None  # None: drawn from the seed
     trace: list[tuple[float, str, tuple]] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.load = workload(self.seed)
+        self.load = self.load or workload(self.seed)
         self.rng = random.Random(self.seed * 7919 + 1)
         self.units = FakeUnits(self)
         self.serving: dict[tuple[str, int], int] = {}  # (unit, which run of it) → requests it serves
@@ -615,6 +617,6 @@ class BackendGoneHere(SwitchError):
     status = 502
 
 
-def run_seed(seed: int, decide: Callable[..., policy.Plan] = policy.decide) -> World:
+def run_seed(seed: int, decide: Callable[..., policy.Plan] = policy.decide, load: Workload | None = None) -> World:
     logging.getLogger("llm_switch").setLevel(logging.CRITICAL + 1)  # thousands of runs: log lines cost time
-    return World(seed, decide).run()
+    return World(seed, decide, load).run()

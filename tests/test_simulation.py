@@ -15,8 +15,9 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
-from simulation import VirtualLoop, World, run_seed
+from simulation import Behaviour, Fault, Request, VirtualLoop, Workload, World, run_seed
 
+from llm_switch.config import Config, Model, PromptCacheSettings
 from llm_switch.scheduling import policy
 
 SEEDS = 10_000  # under 60 s on two slow cores
@@ -96,3 +97,40 @@ def test_the_virtual_clock_jumps_to_the_next_timer():
         assert loop.run_until_complete(main()) == 3610
     finally:
         loop.close()
+
+
+# -- the bugs the simulation found, as workloads written out --------------------------------------
+
+def _workload(models: list[Model], requests: list[Request], faults: list[Fault] = ()) -> Workload:
+    config = Config("127.0.0.1", 3002, {m.name: m for m in models}, names={m.name: m.name for m in models},
+                    prompt_cache=PromptCacheSettings("/nonexistent"))
+    return Workload(config, {m.name: Behaviour(0.5, 0.0, 0.0) for m in models}, tuple(requests), tuple(faults),
+                    patient=True)
+
+
+def _model(name: str, port: int, **settings) -> Model:
+    return Model(name, f"{name}.service", f"http://127.0.0.1:{port}", **settings)
+
+
+def test_min_loaded_zero_serves_the_waiters_it_was_started_for():
+    """A model with min_loaded 0, started for a request while another model's request waited,
+    was stopped again at once for that switch, having served none: a load per turn, forever."""
+    load = _workload([_model("a", 3004, min_loaded=0.0), _model("b", 3005, min_loaded=0.0)],
+                     [Request(0.0, "a", 1.0, None), Request(0.01, "b", 1.0, None), Request(0.02, "a", 1.0, None)])
+    world = run_seed(0, load=load)
+    assert not world.violations, _report(world)
+    starts = [args[0] for _, text, args in world.trace if text == "start %s"]
+    assert starts == ["a.service", "b.service"]
+    assert [o.result for o in world.outcomes] == ["answered"] * 3
+
+
+def test_a_unit_started_by_hand_during_a_drain_is_stopped_before_the_start():
+    """Units started by hand were looked for before the drain: one started during a long drain
+    ran beside the model started after it."""
+    load = _workload([_model("a", 3004, min_loaded=0.0), _model("b", 3005), _model("c", 3006)],
+                     [Request(0.0, "a", 10.0, None), Request(1.0, "b", 1.0, None)],
+                     [Fault(3.0, "stray", "c")])
+    world = run_seed(0, load=load)
+    assert not world.violations, _report(world)
+    order = [args[0] for _, text, args in world.trace if text in ("start %s", "stop %s")]
+    assert order == ["a.service", "a.service", "c.service", "b.service"]  # start a, stop a, stop c, start b
