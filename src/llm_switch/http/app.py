@@ -9,8 +9,9 @@ from aiohttp import web
 from ..backends.llama_server import Backends
 from ..config import Config
 from ..events import EventBus
-from ..observe.metrics import Metrics, observe_requests
+from ..observe.middleware import observe_requests
 from ..observe.notify import keep_status
+from ..observe.prometheus import Metrics
 from ..observe.status import status_line
 from ..scheduling.scheduler import Scheduler
 from ..units.systemd import Systemd
@@ -29,7 +30,7 @@ def build_app(config: Config, events: EventBus | None = None) -> web.Application
                           client_max_size=config.max_body_bytes)
     app[CONFIG] = config
     app[INFLIGHT] = InFlight()
-    app[METRICS] = Metrics(events, lambda: app.get(SCHEDULER))
+    app[METRICS] = Metrics(events, lambda: s.snapshot() if (s := app.get(SCHEDULER)) is not None else None)
     app[logs.LIVE] = set()
     ui.attach(app, events)
     app.on_shutdown.append(logs.end_live_streams)

@@ -11,7 +11,7 @@ from .. import repair
 from ..errors import UnknownModel
 from ..scheduling.scheduler import Scheduler
 from . import auth
-from ..observe.metrics import observed
+from ..observe.middleware import observed
 from .keys import SCHEDULER
 from .progress import progress_for
 from .proxy import model_named, read_json, switch_and_relay

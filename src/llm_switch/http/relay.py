@@ -18,7 +18,8 @@ from .. import repair
 from ..backends.upstream import Answer, BrokenOff, CannotConnect, NoAnswer, send
 from ..config import Model
 from ..errors import BackendGone, BackendUnreachable, ShuttingDown
-from ..observe.metrics import observed, usage_of
+from ..observe.middleware import observed
+from ..observe.usage import usage_of
 from .errors import ANTHROPIC_PATHS, in_band_error
 from .keys import INFLIGHT
 
