@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import harness
-from harness import chat_body, free_port, sse_lines
+from harness import chat_body, free_port, post_json, sse_lines
 from llm_switch.units.journal import load_phase
 from test_progress import TIMINGS, USAGE, answer, whole_answer
 from test_ui import journaled_scripted
@@ -114,6 +114,28 @@ async def test_metrics_count_requests_in_flight_and_queued(deploy):
             pytest.fail(f"never saw a in flight and b queued: {m}")
         for task in (slow, other):
             (await task).release()
+
+
+async def test_prompt_cache_transfers_are_counted(deploy, tiny_models, tmp_path):
+    """Regression: llm_switch_prompt_cache_transfers was always empty (it read counts the cache
+    did not keep). A real llama-server saves a's slot when b is asked for, and restores it after."""
+    slots = tmp_path / "slots"
+    (slots / "a").mkdir(parents=True)
+    a = deploy.llama_unit("a", tiny_models["a"], extra_args=["--slot-save-path", str(slots / "a")])
+    b = deploy.llama_unit("b", tiny_models["b"])
+    daemon = deploy.up({"a": {"unit": a.unit, "url": a.url}, "b": {"unit": b.unit, "url": b.url}},
+                       prompt_cache_dir=str(slots), prompt_cache_min_tokens=16)
+    async with aiohttp.ClientSession() as http:
+        for name in ("a", "b", "a"):
+            status, body, _ = await post_json(http, daemon.url + "/v1/chat/completions",
+                                              chat_body(name, "a prompt long enough to be saved " * 3, max_tokens=2))
+            assert status == 200, body
+    m = await asyncio.to_thread(scrape, daemon.url)
+    for action in ("save", "restore"):
+        assert value(m, "llm_switch_prompt_cache_transfers_total", model="a", action=action) == 1, action
+        assert value(m, "llm_switch_prompt_cache_seconds_total", model="a", action=action) > 0, action
+        assert value(m, "llm_switch_prompt_cache_last_tokens", model="a", action=action) >= 16, action
+    assert value(m, "llm_switch_prompt_cache_transfers_total", model="b", action="save") == 0
 
 
 ADMIN = "admin-5d0c1e9a7f2b44e1"
