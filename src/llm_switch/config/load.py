@@ -75,33 +75,9 @@ def parse(text: str, path: str | None = None) -> Config:
         "loading_progress": v.one_of(raw.get("loading_progress", "reasoning"), "loading_progress",
                                      LOADING_PROGRESS),
     }
-    prompt_cache = PromptCacheSettings(
-        dir=v.directory(raw["prompt_cache_dir"], "prompt_cache_dir") if "prompt_cache_dir" in raw
-        else default_prompt_cache_dir(),
-        max_bytes=v.size(raw.get("prompt_cache_max", DEFAULT_PROMPT_CACHE_MAX), "prompt_cache_max"),
-        min_tokens=v.positive_int(raw.get("prompt_cache_min_tokens", DEFAULT_PROMPT_CACHE_MIN_TOKENS),
-                                  "prompt_cache_min_tokens"))
+    prompt_cache = _prompt_cache(raw)
     budget = v.size(raw["memory_budget"], "memory_budget") if raw.get("memory_budget") is not None else None
-
-    models_raw = raw.get("models")
-    if not isinstance(models_raw, dict) or not models_raw:
-        raise ConfigError("models: must be a mapping of at least one model name to a unit or settings")
-    models: dict[str, Model] = {}
-    names: dict[str, str] = {}
-    units: dict[str, str] = {}
-    for name, spec in models_raw.items():
-        model = _model(str(name), spec, defaults)
-        for key in (model.name, *model.aliases):
-            if key in names:
-                raise ConfigError(f"models.{model.name}: name or alias {key!r} is already used by model {names[key]!r}")
-            names[key] = model.name
-        if model.unit in units:
-            raise ConfigError(f"models.{model.name}.unit: {model.unit} is already used by model {units[model.unit]!r}")
-        if budget is not None and model.memory is not None and model.memory > budget:
-            raise ConfigError(f"models.{model.name}.memory: {v.format_size(model.memory)} is larger than "
-                              f"memory_budget {v.format_size(budget)}; it could never be loaded")
-        units[model.unit] = model.name
-        models[model.name] = model
+    models, names = _models(raw.get("models"), defaults, budget)
 
     api_keys = k.parse_keys(raw.get("api_keys"), names, path, warnings)
     config = Config(
@@ -121,6 +97,39 @@ def parse(text: str, path: str | None = None) -> Config:
     )
     k.check_exposure(config)
     return config
+
+
+def _prompt_cache(raw: dict) -> PromptCacheSettings:
+    return PromptCacheSettings(
+        dir=v.directory(raw["prompt_cache_dir"], "prompt_cache_dir") if "prompt_cache_dir" in raw
+        else default_prompt_cache_dir(),
+        max_bytes=v.size(raw.get("prompt_cache_max", DEFAULT_PROMPT_CACHE_MAX), "prompt_cache_max"),
+        min_tokens=v.positive_int(raw.get("prompt_cache_min_tokens", DEFAULT_PROMPT_CACHE_MIN_TOKENS),
+                                  "prompt_cache_min_tokens"))
+
+
+def _models(models_raw: Any, defaults: dict[str, Any],
+            budget: int | None) -> tuple[dict[str, Model], dict[str, str]]:
+    """The models by name, and every name and alias with the model it names."""
+    if not isinstance(models_raw, dict) or not models_raw:
+        raise ConfigError("models: must be a mapping of at least one model name to a unit or settings")
+    models: dict[str, Model] = {}
+    names: dict[str, str] = {}
+    units: dict[str, str] = {}
+    for name, spec in models_raw.items():
+        model = _model(str(name), spec, defaults)
+        for key in (model.name, *model.aliases):
+            if key in names:
+                raise ConfigError(f"models.{model.name}: name or alias {key!r} is already used by model {names[key]!r}")
+            names[key] = model.name
+        if model.unit in units:
+            raise ConfigError(f"models.{model.name}.unit: {model.unit} is already used by model {units[model.unit]!r}")
+        if budget is not None and model.memory is not None and model.memory > budget:
+            raise ConfigError(f"models.{model.name}.memory: {v.format_size(model.memory)} is larger than "
+                              f"memory_budget {v.format_size(budget)}; it could never be loaded")
+        units[model.unit] = model.name
+        models[model.name] = model
+    return models, names
 
 
 def _preload(value: Any, names: dict[str, str]) -> tuple[str, ...]:
