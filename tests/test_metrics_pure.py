@@ -45,8 +45,8 @@ def sse(*events: dict) -> bytes:
     # a bool is not a count
     (b'{"usage": {"prompt_tokens": true, "completion_tokens": 1}}', None, Usage(None, 1)),
     # the last usage wins (a tail may hold two events)
-    (sse({"usage": {"prompt_tokens": 1, "completion_tokens": 1}}, {"usage": {"prompt_tokens": 2, "completion_tokens": 9}}),
-     None, Usage(2, 9)),
+    (sse({"usage": {"prompt_tokens": 1, "completion_tokens": 1}},
+         {"usage": {"prompt_tokens": 2, "completion_tokens": 9}}), None, Usage(2, 9)),
     # bytes cut in the middle of a character before the usage still parse
     ("é".encode()[1:] + b'{"usage": {"prompt_tokens": 3, "completion_tokens": 4}}', None, Usage(3, 4)),
 ])
