@@ -13,17 +13,20 @@ import yaml
 from ..errors import ConfigError
 from . import keys as k
 from . import values as v
+from . import web
 from .types import (DEFAULT_BACKEND, DEFAULT_HEADER_TIMEOUT, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY,
+                    DEFAULT_MAX_JSON,
                     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT, DEFAULT_PROMPT_CACHE_MAX,
                     DEFAULT_PROMPT_CACHE_MIN_TOKENS, DEFAULT_SHUTDOWN_GRACE, LOADING_PROGRESS,
                     Config, Model, PromptCacheSettings, default_prompt_cache_dir)
 
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]*$")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$")
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.service$")
 _TOP_KEYS = {"listen", "backend", "health_timeout", "max_body_bytes", "models", "memory_budget", "min_loaded",
              "idle_unload", "max_wait", "max_queue", "preload", "shutdown_grace",
              "prompt_cache", "prompt_cache_dir", "prompt_cache_max", "prompt_cache_min_tokens", "loading_progress",
-             "api_keys", "allow_unauthenticated", "metrics_public", "max_connections", "header_timeout"}
+             "api_keys", "allow_unauthenticated", "metrics_public", "max_connections", "header_timeout",
+             "max_json_bytes", "allowed_hosts", "cors_origins"}
 _MODEL_KEYS = {"unit", "cmd", "url", "aliases", "health_timeout", "repair_tool_calls", "memory", "min_loaded",
                "idle_unload", "prompt_cache", "backend_api_key", "loading_progress"}
 
@@ -104,6 +107,8 @@ def parse(text: str, path: str | None = None) -> Config:
         models[model.name] = model
 
     api_keys = k.parse_keys(raw.get("api_keys"), names, path, warnings)
+    if path is not None:
+        warnings.extend(k.readable_secrets(raw, path))
     config = Config(
         host, port, models,
         max_body_bytes=v.positive_int(raw.get("max_body_bytes", DEFAULT_MAX_BODY), "max_body_bytes"),
@@ -118,6 +123,9 @@ def parse(text: str, path: str | None = None) -> Config:
         metrics_public=v.boolean(raw.get("metrics_public", False), "metrics_public"),
         max_connections=v.positive_int(raw.get("max_connections", DEFAULT_MAX_CONNECTIONS), "max_connections"),
         header_timeout=v.duration(raw.get("header_timeout", DEFAULT_HEADER_TIMEOUT), "header_timeout"),
+        max_json_bytes=v.positive_int(raw.get("max_json_bytes", DEFAULT_MAX_JSON), "max_json_bytes"),
+        allowed_hosts=web.allowed_hosts(raw.get("allowed_hosts")),
+        cors_origins=web.cors_origins(raw.get("cors_origins")),
     )
     k.check_exposure(config)
     return config
@@ -162,8 +170,7 @@ def _from_seed_format(raw: dict, warnings: list[str]) -> dict:
 
 def _model(name: str, spec: Any, defaults: dict[str, Any]) -> Model:
     key = f"models.{name}"
-    if not _MODEL_NAME.match(name):
-        raise ConfigError(f"{key}: model name must start with a letter or digit and hold no spaces")
+    _check_name(name, key)
     if isinstance(spec, str):
         spec = {"unit": spec}
     if not isinstance(spec, dict):
@@ -184,6 +191,8 @@ def _model(name: str, spec: Any, defaults: dict[str, Any]) -> Model:
         aliases = [aliases]
     if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
         raise ConfigError(f"{key}.aliases: must be a list of names")
+    if bad := next((a for a in aliases if not a.isprintable()), None):
+        raise ConfigError(f"{key}.aliases: {bad!r} must not hold control characters")
     return Model(
         name=name,
         unit=unit,
@@ -204,6 +213,21 @@ def _model(name: str, spec: Any, defaults: dict[str, Any]) -> Model:
         loading_progress=v.one_of(spec["loading_progress"], f"{key}.loading_progress", LOADING_PROGRESS)
         if "loading_progress" in spec else defaults["loading_progress"],
     )
+
+
+def _check_name(name: str, key: str) -> None:
+    """Model names are checked like unit names: they name folders (the prompt cache) and log lines."""
+    if "/" in name:
+        why = "must not hold '/' (it names a folder of the prompt cache); give the name with '/' as an alias"
+    elif ".." in name:
+        why = "must not hold '..' (it names a folder of the prompt cache)"
+    elif any(not c.isprintable() for c in name):
+        why = "must not hold control characters"
+    elif not _MODEL_NAME.match(name):
+        why = "must start with a letter or digit and hold only letters, digits and . _ : @ + -"
+    else:
+        return
+    raise ConfigError(f"{key}: model name {why} (got {name!r})")
 
 
 def _cmd(value: Any, key: str) -> tuple[str, ...]:
