@@ -17,6 +17,7 @@ from ..units.systemd import Systemd
 from . import admin, anthropic, logs, native, ollama, openai, ui
 from .auth import require_key
 from .errors import openai_errors
+from .guard import cors_headers, guard
 from .inflight import InFlight
 from .keys import CONFIG, INFLIGHT, METRICS, SCHEDULER
 
@@ -24,9 +25,10 @@ from .keys import CONFIG, INFLIGHT, METRICS, SCHEDULER
 def build_app(config: Config, events: EventBus | None = None) -> web.Application:
     events = events or EventBus()
     # observed outermost (it sees every answer's status), then errors: a refused key gets the same
-    # error shape as everything else
-    app = web.Application(middlewares=[observe_requests(lambda: events), openai_errors, require_key],
+    # error shape as everything else; the browser's door (guard) before the key, as preflights carry none
+    app = web.Application(middlewares=[observe_requests(lambda: events), openai_errors, guard, require_key],
                           client_max_size=config.max_body_bytes)
+    app.on_response_prepare.append(cors_headers)
     app[CONFIG] = config
     app[INFLIGHT] = InFlight()
     app[METRICS] = Metrics(events, lambda: app.get(SCHEDULER))

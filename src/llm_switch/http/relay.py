@@ -31,8 +31,9 @@ HOP_BY_HOP = frozenset({
 })
 # compression is pointless on loopback and would hide the bytes from tool-call repair
 _NOT_UPSTREAM = HOP_BY_HOP | {"accept-encoding"}
-# a client's key is for the switch alone: never sent on (see auth.py)
-_CLIENT_KEYS = frozenset({"authorization", "x-api-key"})
+# a client's key is for the switch alone: never sent on (see auth.py); nor a page's Origin, which
+# llama-server would echo in Access-Control-Allow-Origin (guard.py)
+_CLIENT_KEYS = frozenset({"authorization", "x-api-key", "origin"})
 _NOT_FORWARDED = _NOT_UPSTREAM | _CLIENT_KEYS
 
 
