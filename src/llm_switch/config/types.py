@@ -95,7 +95,7 @@ class Config:
         model_name = self.names.get(name)
         return self.models[model_name] if model_name else None
 
-    def known(self) -> str:
-        """The served names, for messages about an unknown one."""
+    def known(self, only: frozenset[str] | None = None) -> str:
+        """The served names (those in `only`, where given), for messages about an unknown one."""
         return ", ".join(name + (f" (aliases: {', '.join(m.aliases)})" if m.aliases else "")
-                         for name, m in self.models.items())
+                         for name, m in self.models.items() if only is None or name in only)

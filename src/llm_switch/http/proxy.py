@@ -46,8 +46,8 @@ async def read_json(request: web.Request) -> tuple[bytes, Any]:
 def model_named(config: Config, name: Any, where: str = "a JSON object with a string `model`") -> Model:
     """The configured model `name` names; 400 `missing_model` when it is no string, 404 when unknown."""
     if not isinstance(name, str):
-        raise BadRequest(f"request body must be {where} naming one of: " + ", ".join(config.models),
-                         "missing_model")
+        raise BadRequest(f"request body must be {where} naming a model (GET /v1/models lists those "
+                         "this key may use)", "missing_model")
     model = config.resolve(name)
     if model is None:
         raise UnknownModel.named(name, config.known())
