@@ -29,7 +29,8 @@ from .keys import CONFIG, SCHEDULER
 
 log = logging.getLogger(__name__)
 
-OPEN = frozenset({"/health", "/ui"})  # GET/HEAD only; /ui is the page's shell, its data needs a key
+# GET/HEAD only; /ui is the page's shell (its script and style too), its data needs a key
+OPEN = frozenset({"/health", "/ui", "/ui/ui.js", "/ui/ui.css"})
 MODEL_ROUTES = ("/v1/",)  # where a key limited to some models may go; each checks the model itself
 API_KEY = web.RequestKey("api_key", ApiKey)  # the key a request came with (absent: no keys configured)
 _REFUSED_LOG_EVERY = 10.0  # s: at most one line about refused requests this often
