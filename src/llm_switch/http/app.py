@@ -14,7 +14,7 @@ from ..observe.notify import keep_status
 from ..observe.status import status_line
 from ..scheduling.scheduler import Scheduler
 from ..units.systemd import Systemd
-from . import admin, anthropic, logs, native, ollama, openai, ui
+from . import admin, anthropic, json_body, logs, native, ollama, openai, ui
 from .auth import require_key
 from .errors import openai_errors
 from .guard import cors_headers, guard
@@ -33,6 +33,7 @@ def build_app(config: Config, events: EventBus | None = None) -> web.Application
     app[INFLIGHT] = InFlight()
     app[METRICS] = Metrics(events, lambda: app.get(SCHEDULER))
     app[logs.LIVE] = set()
+    json_body.attach(app)
     ui.attach(app, events)
     app.on_shutdown.append(logs.end_live_streams)
     app.cleanup_ctx.append(_resources(events))
