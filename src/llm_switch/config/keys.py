@@ -176,5 +176,7 @@ def exposure_warning(config: Config) -> str | None:
         return None
     if is_loopback(config.listen_host):
         return None
+    hosts = ", ".join(sorted(config.allowed_hosts)) or "none"
     return (f"allow_unauthenticated: true — {config.listen} serves every model and the admin routes "
-            "to anyone who can reach it, without a key")
+            "to anyone who can reach it, without a key; without keys it answers only requests whose Host "
+            f"is a loopback name, the listen address or one of allowed_hosts ({hosts})")

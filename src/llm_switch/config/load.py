@@ -86,7 +86,19 @@ def parse(text: str, path: str | None = None) -> Config:
                                   "prompt_cache_min_tokens"))
     budget = v.size(raw["memory_budget"], "memory_budget") if raw.get("memory_budget") is not None else None
 
-    models_raw = raw.get("models")
+    models, names = _models(raw.get("models"), defaults, budget)
+    api_keys = k.parse_keys(raw.get("api_keys"), names, path, warnings)
+    if path is not None:
+        warnings.extend(k.readable_secrets(raw, path))
+    config = Config(host, port, models, path=path, warnings=tuple(warnings), names=names, memory_budget=budget,
+                    preload=_preload(raw.get("preload", []), names), prompt_cache=prompt_cache,
+                    api_keys=api_keys, **_settings(raw))
+    k.check_exposure(config)
+    return config
+
+
+def _models(models_raw: Any, defaults: dict[str, Any], budget: int | None) -> tuple[dict[str, Model], dict[str, str]]:
+    """The models, and every name and alias → its model's name."""
     if not isinstance(models_raw, dict) or not models_raw:
         raise ConfigError("models: must be a mapping of at least one model name to a unit or settings")
     models: dict[str, Model] = {}
@@ -105,20 +117,16 @@ def parse(text: str, path: str | None = None) -> Config:
                               f"memory_budget {v.format_size(budget)}; it could never be loaded")
         units[model.unit] = model.name
         models[model.name] = model
+    return models, names
 
-    api_keys = k.parse_keys(raw.get("api_keys"), names, path, warnings)
-    if path is not None:
-        warnings.extend(k.readable_secrets(raw, path))
-    config = Config(
-        host, port, models,
+
+def _settings(raw: dict) -> dict[str, Any]:
+    """The top-level settings that need no other part of the config."""
+    return dict(
         max_body_bytes=v.positive_int(raw.get("max_body_bytes", DEFAULT_MAX_BODY), "max_body_bytes"),
-        path=path, warnings=tuple(warnings), names=names, memory_budget=budget,
         max_wait=v.duration(raw.get("max_wait", DEFAULT_MAX_WAIT), "max_wait"),
         max_queue=v.positive_int(raw.get("max_queue", DEFAULT_MAX_QUEUE), "max_queue"),
-        preload=_preload(raw.get("preload", []), names),
-        prompt_cache=prompt_cache,
         shutdown_grace=v.duration(raw.get("shutdown_grace", DEFAULT_SHUTDOWN_GRACE), "shutdown_grace"),
-        api_keys=api_keys,
         allow_unauthenticated=v.boolean(raw.get("allow_unauthenticated", False), "allow_unauthenticated"),
         metrics_public=v.boolean(raw.get("metrics_public", False), "metrics_public"),
         max_connections=v.positive_int(raw.get("max_connections", DEFAULT_MAX_CONNECTIONS), "max_connections"),
@@ -127,8 +135,6 @@ def parse(text: str, path: str | None = None) -> Config:
         allowed_hosts=web.allowed_hosts(raw.get("allowed_hosts")),
         cors_origins=web.cors_origins(raw.get("cors_origins")),
     )
-    k.check_exposure(config)
-    return config
 
 
 def _preload(value: Any, names: dict[str, str]) -> tuple[str, ...]:
