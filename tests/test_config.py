@@ -242,9 +242,10 @@ def test_key_file_relative_to_the_config_and_readable_by_others(tmp_path):
 
 def test_web_settings():
     c = parse(f"allowed_hosts: [LLM.home.arpa, '::1', 10.0.0.5]\n"
-              f"cors_origins: [http://localhost:8080/, 'HTTPS://chat.example:443']\n{MODELS}")
+              f"cors_origins: [http://localhost:8080/, 'HTTPS://chat.example:443', 'chrome-extension://abc']\n"
+              f"{MODELS}")
     assert c.allowed_hosts == {"llm.home.arpa", "::1", "10.0.0.5"}
-    assert c.cors_origins == {"http://localhost:8080", "https://chat.example"}  # as browsers send them
+    assert c.cors_origins == {"http://localhost:8080", "https://chat.example", "chrome-extension://abc"}
     assert c.max_json_bytes == 16 << 20
     assert parse(MODELS).cors_origins == frozenset() and parse(MODELS).allowed_hosts == frozenset()
 

@@ -30,7 +30,7 @@ def config(**top) -> object:
 
 
 LOOPBACK = config()
-LISTED = config(allowed_hosts=["llm.home.arpa"], cors_origins=["http://localhost:8080"])
+LISTED = config(allowed_hosts=["llm.home.arpa"], cors_origins=["http://localhost:8080", "chrome-extension://abc"])
 LAN_KEYED = config(listen="0.0.0.0:3002", api_keys=[KEY])
 LAN_OPEN = config(listen="0.0.0.0:3002", allow_unauthenticated=True)
 
@@ -45,6 +45,7 @@ LAN_OPEN = config(listen="0.0.0.0:3002", allow_unauthenticated=True)
     (None, LOOPBACK, True),  # no Host: no browser's request
     ("attacker.example:3002", LOOPBACK, False),
     ("attacker.example", LOOPBACK, False),
+    ("127.0.0.2:3002", LOOPBACK, True),  # an address is no name a page can rebind
     ("127.0.0.1.attacker.example", LOOPBACK, False),
     ("localhost.attacker.example:3002", LOOPBACK, False),
     ("", LOOPBACK, False),
@@ -69,6 +70,8 @@ SAME = {"Host": "127.0.0.1:3002"}
     ("POST", "/v1/chat/completions", {**SAME, "Origin": "http://localhost:8080"}, LISTED, False),
     ("POST", "/v1/chat/completions", {**SAME, "Origin": "http://LOCALHOST:8080"}, LISTED, False),
     ("POST", "/v1/chat/completions", {**SAME, "Origin": "http://localhost:8081"}, LISTED, True),
+    ("POST", "/api/chat", {**SAME, "Origin": "chrome-extension://abc"}, LISTED, False),  # an extension
+    ("POST", "/api/chat", {**SAME, "Origin": "chrome-extension://abd"}, LISTED, True),
     ("GET", "/status", {**SAME, "Sec-Fetch-Site": "cross-site"}, LOOPBACK, True),  # <img src>, no Origin
     ("GET", "/status", {**SAME, "Sec-Fetch-Site": "same-site"}, LOOPBACK, True),  # another port of localhost
     ("GET", "/status", {**SAME, "Sec-Fetch-Site": "same-origin"}, LOOPBACK, False),

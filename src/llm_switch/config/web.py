@@ -11,6 +11,7 @@ from ..errors import ConfigError
 
 _HOST_NAME = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")  # _: Docker names
 _IPV6 = re.compile(r"^[0-9a-f:.]+$")
+SCHEMES = ("http", "https", "chrome-extension", "moz-extension")  # pages, and browser extensions' own
 
 
 def host_name(value: str) -> str | None:
@@ -51,7 +52,7 @@ def cors_origins(value: Any, key: str = "cors_origins") -> frozenset[str]:
         origin = entry.strip().rstrip("/").lower()
         try:
             parts = urlsplit(origin)
-            ok = parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.path
+            ok = parts.scheme in SCHEMES and bool(parts.hostname) and not parts.path
             ok = ok and not parts.query and not parts.fragment and not parts.username
             ok = ok and (parts.port is None or parts.port > 0)
         except ValueError:
@@ -59,7 +60,7 @@ def cors_origins(value: Any, key: str = "cors_origins") -> frozenset[str]:
         if not ok:
             raise ConfigError(f"{key}[{i}]: must be an origin such as http://localhost:8080: scheme, host and "
                               f"port only, as the browser shows it (got {entry!r})")
-        default = {"http": 80, "https": 443}[parts.scheme]
+        default = {"http": 80, "https": 443}.get(parts.scheme)
         out.add(origin.removesuffix(f":{default}") if parts.port == default else origin)  # as browsers send it
     return frozenset(out)
 

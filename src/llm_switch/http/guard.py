@@ -1,17 +1,5 @@
-"""The door a web browser must pass before anything is carried out (README, "Security").
-
-- `Host` (DNS rebinding): loopback's names, the listen address and `allowed_hosts` only, unless
-  the switch listens off loopback with `api_keys` (any name: the key guards it). 403
-  `host_not_allowed`. A request without `Host` is no browser's and passes.
-- Cross-site requests: an `Origin` that is neither the switch's own nor in `cors_origins`, or no
-  listed `Origin` with `Sec-Fetch-Site: cross-site`/`same-site`, gets 403 `cross_origin`; except
-  `GET /health` and a top-level navigation to `/ui` (the page's shell holds no data).
-- CORS: preflights are answered here, for `cors_origins` only; every answer loses the
-  `Access-Control-*` headers a backend sent and gets the switch's own for a listed origin. The
-  relay does not forward `Origin` (relay.py), so a backend never echoes it.
-
-Clients that are not browsers send neither `Origin` nor `Sec-Fetch-*` and pass as before.
-"""
+"""The door a web browser must pass before anything is carried out: the Host check, the refusal
+of cross-site requests, CORS for listed origins. The rules: docs/design.md, "Browsers"."""
 
 from __future__ import annotations
 
@@ -30,7 +18,6 @@ from .auth import current_config
 
 log = logging.getLogger(__name__)
 
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _CROSS = frozenset({"cross-site", "same-site"})  # same-site: another port of localhost is another app
 _LOG_EVERY = 10.0  # s: at most one line about refused requests this often
 PREFLIGHT_MAX_AGE = "600"
@@ -41,7 +28,7 @@ def host_allowed(host: str | None, config: Config) -> bool:
     if host is None or (config.api_keys and not is_loopback(config.listen_host)):
         return True
     name = host_name(host)
-    return name is not None and (name in LOOPBACK_NAMES or name in config.allowed_hosts
+    return name is not None and (is_loopback(name) or name in config.allowed_hosts  # 127.0.0.0/8 too
                                  or name == config.listen_host.lower())
 
 
