@@ -15,8 +15,7 @@ from . import keys as k
 from . import values as v
 from . import web
 from .types import (DEFAULT_BACKEND, DEFAULT_HEADER_TIMEOUT, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY,
-                    DEFAULT_MAX_JSON,
-                    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT, DEFAULT_PROMPT_CACHE_MAX,
+                    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JSON, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT, DEFAULT_PROMPT_CACHE_MAX,
                     DEFAULT_PROMPT_CACHE_MIN_TOKENS, DEFAULT_SHUTDOWN_GRACE, LOADING_PROGRESS,
                     Config, Model, PromptCacheSettings, default_prompt_cache_dir)
 

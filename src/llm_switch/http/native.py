@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import tempfile
 from collections.abc import AsyncIterator
-
 from urllib.parse import unquote
 
 from aiohttp import web
