@@ -114,11 +114,14 @@ async def test_no_key_gets_401_on_every_route_but_health(keyed, http):
     async with http.get(daemon.url + "/health") as resp:
         assert resp.status == 200
     # the page's shell is static and holds no data (everything it shows comes from /ui/events,
-    # /load, /unload and /logs, each behind the key, which the page takes once as /ui?key=…)
+    # /load, /unload and /logs, each behind the key, which the page takes once as /ui#key=…)
     async with http.get(daemon.url + "/ui") as resp:
         shell = await resp.text()
+        assert resp.status == 200 and "/ui/ui.js" in shell
+    async with http.get(daemon.url + "/ui/ui.js") as resp:
+        shell += await resp.text()
         assert resp.status == 200 and "/ui/events" in shell
-        assert "a.service" not in shell and a.unit not in shell
+    assert "a.service" not in shell and a.unit not in shell
     # a wrong scheme or an empty bearer is no key either
     for headers in ({"Authorization": ADMIN}, {"Authorization": "Basic " + ADMIN}, {"Authorization": "Bearer "}):
         async with http.get(daemon.url + "/status", headers=headers) as resp:
