@@ -5,7 +5,6 @@ table; the end-to-end tests use a real headless Chromium on a page of another or
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 
