@@ -258,14 +258,16 @@ record() {  # path sha
     ensure mv "$tmp" "$MANIFEST"
 }
 
-# install_file CONTENT_FILE DEST: write DEST unless it is already right or the user changed it.
+# install_file CONTENT_FILE DEST [MODE]: write DEST (mode MODE, default 644) unless it is already
+# right or the user changed it.
 install_file() {
-    local src=$1 dest=$2 new cur rec
+    local src=$1 dest=$2 mode=${3:-644} new cur rec
     new=$(sha_of "$src") || err "cannot read $src"
     if [ -e "$dest" ]; then
         cur=$(sha_of "$dest") || err "cannot read $dest"
         if [ "$cur" = "$new" ]; then
             [ "$(recorded_sha "$dest")" = "$new" ] || record "$dest" "$new"
+            ensure chmod "$mode" "$dest"  # one written by an older setup.sh may be 644
             say "  ok       $dest"
             return 0
         fi
@@ -282,7 +284,7 @@ install_file() {
     fi
     ensure mkdir -p "$(dirname "$dest")"
     ensure cp "$src" "$dest.setup-tmp"
-    ensure chmod 644 "$dest.setup-tmp"
+    ensure chmod "$mode" "$dest.setup-tmp"
     ensure mv "$dest.setup-tmp" "$dest"
     record "$dest" "$new"
     CHANGED+=("$dest")
@@ -425,7 +427,8 @@ write_config() {
             config_model_entry "$name" "$(model_template "$name")"
         done
     } >"$out" || err "cannot write $out"
-    install_file "$out" "$CONF_DIR/config.yaml"
+    # 0600 with api_keys: a key written into it later is no one else's to read
+    install_file "$out" "$CONF_DIR/config.yaml" "$([ "$LAN" = 1 ] && echo 600 || echo 644)"
 }
 
 write_llama_env() {

@@ -50,7 +50,7 @@ async def _slow_head(host: str, port: int, stop: asyncio.Event) -> tuple[float, 
     """A slowloris client: a request head one byte every 0.5 s. (opened at, closed by the server at)"""
     reader, writer = await asyncio.open_connection(host, port)
     opened = time.monotonic()
-    writer.write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    writer.write(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
 
     async def trickle():
         while not stop.is_set():
@@ -112,9 +112,9 @@ def _raw(daemon, data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("what, head", [
-    ("a 10 KB header", b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10_000 + b"\r\n\r\n"),
-    ("a 9 KB request line", b"GET /health?" + b"a" * 9_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"),
-    ("100 headers", b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(100))
+    ("a 10 KB header", b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 10_000 + b"\r\n\r\n"),
+    ("a 9 KB request line", b"GET /health?" + b"a" * 9_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+    ("100 headers", b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(100))
      + b"\r\n"),
 ])
 def test_oversized_heads_are_refused(bounded, what, head):
@@ -125,7 +125,7 @@ def test_oversized_heads_are_refused(bounded, what, head):
 
 def test_large_but_allowed_heads_pass(bounded):
     daemon, _ = bounded
-    head = (b"GET /status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() + b"\r\nX-Big: "
+    head = (b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + KEY.encode() + b"\r\nX-Big: "
             + b"a" * 8000 + b"\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(50)) + b"Connection: close\r\n\r\n")
     assert _raw(daemon, head).startswith(b"HTTP/1.1 200")
 
@@ -174,7 +174,7 @@ async def test_a_slow_reader_does_not_grow_the_switchs_memory(bounded):
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(_addr(daemon))
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
     read, peak = 0, base
     try:

@@ -13,17 +13,19 @@ import yaml
 from ..errors import ConfigError
 from . import keys as k
 from . import values as v
+from . import web
 from .types import (DEFAULT_BACKEND, DEFAULT_HEADER_TIMEOUT, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY,
-                    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT, DEFAULT_PROMPT_CACHE_MAX,
+                    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JSON, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT, DEFAULT_PROMPT_CACHE_MAX,
                     DEFAULT_PROMPT_CACHE_MIN_TOKENS, DEFAULT_SHUTDOWN_GRACE, LOADING_PROGRESS,
                     Config, Model, PromptCacheSettings, default_prompt_cache_dir)
 
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]*$")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$")
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.service$")
 _TOP_KEYS = {"listen", "backend", "health_timeout", "max_body_bytes", "models", "memory_budget", "min_loaded",
              "idle_unload", "max_wait", "max_queue", "preload", "shutdown_grace",
              "prompt_cache", "prompt_cache_dir", "prompt_cache_max", "prompt_cache_min_tokens", "loading_progress",
-             "api_keys", "allow_unauthenticated", "metrics_public", "max_connections", "header_timeout"}
+             "api_keys", "allow_unauthenticated", "metrics_public", "max_connections", "header_timeout",
+             "max_json_bytes", "allowed_hosts", "cors_origins"}
 _MODEL_KEYS = {"unit", "cmd", "url", "aliases", "health_timeout", "repair_tool_calls", "memory", "min_loaded",
                "idle_unload", "prompt_cache", "backend_api_key", "loading_progress"}
 
@@ -75,42 +77,27 @@ def parse(text: str, path: str | None = None) -> Config:
         "loading_progress": v.one_of(raw.get("loading_progress", "reasoning"), "loading_progress",
                                      LOADING_PROGRESS),
     }
-    prompt_cache = _prompt_cache(raw)
-    budget = v.size(raw["memory_budget"], "memory_budget") if raw.get("memory_budget") is not None else None
-    models, names = _models(raw.get("models"), defaults, budget)
-
-    api_keys = k.parse_keys(raw.get("api_keys"), names, path, warnings)
-    config = Config(
-        host, port, models,
-        max_body_bytes=v.positive_int(raw.get("max_body_bytes", DEFAULT_MAX_BODY), "max_body_bytes"),
-        path=path, warnings=tuple(warnings), names=names, memory_budget=budget,
-        max_wait=v.duration(raw.get("max_wait", DEFAULT_MAX_WAIT), "max_wait"),
-        max_queue=v.positive_int(raw.get("max_queue", DEFAULT_MAX_QUEUE), "max_queue"),
-        preload=_preload(raw.get("preload", []), names),
-        prompt_cache=prompt_cache,
-        shutdown_grace=v.duration(raw.get("shutdown_grace", DEFAULT_SHUTDOWN_GRACE), "shutdown_grace"),
-        api_keys=api_keys,
-        allow_unauthenticated=v.boolean(raw.get("allow_unauthenticated", False), "allow_unauthenticated"),
-        metrics_public=v.boolean(raw.get("metrics_public", False), "metrics_public"),
-        max_connections=v.positive_int(raw.get("max_connections", DEFAULT_MAX_CONNECTIONS), "max_connections"),
-        header_timeout=v.duration(raw.get("header_timeout", DEFAULT_HEADER_TIMEOUT), "header_timeout"),
-    )
-    k.check_exposure(config)
-    return config
-
-
-def _prompt_cache(raw: dict) -> PromptCacheSettings:
-    return PromptCacheSettings(
+    prompt_cache = PromptCacheSettings(
         dir=v.directory(raw["prompt_cache_dir"], "prompt_cache_dir") if "prompt_cache_dir" in raw
         else default_prompt_cache_dir(),
         max_bytes=v.size(raw.get("prompt_cache_max", DEFAULT_PROMPT_CACHE_MAX), "prompt_cache_max"),
         min_tokens=v.positive_int(raw.get("prompt_cache_min_tokens", DEFAULT_PROMPT_CACHE_MIN_TOKENS),
                                   "prompt_cache_min_tokens"))
+    budget = v.size(raw["memory_budget"], "memory_budget") if raw.get("memory_budget") is not None else None
+
+    models, names = _models(raw.get("models"), defaults, budget)
+    api_keys = k.parse_keys(raw.get("api_keys"), names, path, warnings)
+    if path is not None:
+        warnings.extend(k.readable_secrets(raw, path))
+    config = Config(host, port, models, path=path, warnings=tuple(warnings), names=names, memory_budget=budget,
+                    preload=_preload(raw.get("preload", []), names), prompt_cache=prompt_cache,
+                    api_keys=api_keys, **_settings(raw))
+    k.check_exposure(config)
+    return config
 
 
-def _models(models_raw: Any, defaults: dict[str, Any],
-            budget: int | None) -> tuple[dict[str, Model], dict[str, str]]:
-    """The models by name, and every name and alias with the model it names."""
+def _models(models_raw: Any, defaults: dict[str, Any], budget: int | None) -> tuple[dict[str, Model], dict[str, str]]:
+    """The models, and every name and alias → its model's name."""
     if not isinstance(models_raw, dict) or not models_raw:
         raise ConfigError("models: must be a mapping of at least one model name to a unit or settings")
     models: dict[str, Model] = {}
@@ -130,6 +117,23 @@ def _models(models_raw: Any, defaults: dict[str, Any],
         units[model.unit] = model.name
         models[model.name] = model
     return models, names
+
+
+def _settings(raw: dict) -> dict[str, Any]:
+    """The top-level settings that need no other part of the config."""
+    return dict(
+        max_body_bytes=v.positive_int(raw.get("max_body_bytes", DEFAULT_MAX_BODY), "max_body_bytes"),
+        max_wait=v.duration(raw.get("max_wait", DEFAULT_MAX_WAIT), "max_wait"),
+        max_queue=v.positive_int(raw.get("max_queue", DEFAULT_MAX_QUEUE), "max_queue"),
+        shutdown_grace=v.duration(raw.get("shutdown_grace", DEFAULT_SHUTDOWN_GRACE), "shutdown_grace"),
+        allow_unauthenticated=v.boolean(raw.get("allow_unauthenticated", False), "allow_unauthenticated"),
+        metrics_public=v.boolean(raw.get("metrics_public", False), "metrics_public"),
+        max_connections=v.positive_int(raw.get("max_connections", DEFAULT_MAX_CONNECTIONS), "max_connections"),
+        header_timeout=v.duration(raw.get("header_timeout", DEFAULT_HEADER_TIMEOUT), "header_timeout"),
+        max_json_bytes=v.positive_int(raw.get("max_json_bytes", DEFAULT_MAX_JSON), "max_json_bytes"),
+        allowed_hosts=web.allowed_hosts(raw.get("allowed_hosts")),
+        cors_origins=web.cors_origins(raw.get("cors_origins")),
+    )
 
 
 def _preload(value: Any, names: dict[str, str]) -> tuple[str, ...]:
@@ -171,8 +175,7 @@ def _from_seed_format(raw: dict, warnings: list[str]) -> dict:
 
 def _model(name: str, spec: Any, defaults: dict[str, Any]) -> Model:
     key = f"models.{name}"
-    if not _MODEL_NAME.match(name):
-        raise ConfigError(f"{key}: model name must start with a letter or digit and hold no spaces")
+    _check_name(name, key)
     if isinstance(spec, str):
         spec = {"unit": spec}
     if not isinstance(spec, dict):
@@ -193,6 +196,8 @@ def _model(name: str, spec: Any, defaults: dict[str, Any]) -> Model:
         aliases = [aliases]
     if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
         raise ConfigError(f"{key}.aliases: must be a list of names")
+    if bad := next((a for a in aliases if not a.isprintable()), None):
+        raise ConfigError(f"{key}.aliases: {bad!r} must not hold control characters")
     return Model(
         name=name,
         unit=unit,
@@ -213,6 +218,21 @@ def _model(name: str, spec: Any, defaults: dict[str, Any]) -> Model:
         loading_progress=v.one_of(spec["loading_progress"], f"{key}.loading_progress", LOADING_PROGRESS)
         if "loading_progress" in spec else defaults["loading_progress"],
     )
+
+
+def _check_name(name: str, key: str) -> None:
+    """Model names are checked like unit names: they name folders (the prompt cache) and log lines."""
+    if "/" in name:
+        why = "must not hold '/' (it names a folder of the prompt cache); give the name with '/' as an alias"
+    elif ".." in name:
+        why = "must not hold '..' (it names a folder of the prompt cache)"
+    elif any(not c.isprintable() for c in name):
+        why = "must not hold control characters"
+    elif not _MODEL_NAME.match(name):
+        why = "must start with a letter or digit and hold only letters, digits and . _ : @ + -"
+    else:
+        return
+    raise ConfigError(f"{key}: model name {why} (got {name!r})")
 
 
 def _cmd(value: Any, key: str) -> tuple[str, ...]:

@@ -15,9 +15,10 @@ from ..observe.prometheus import Metrics
 from ..observe.status import status_line
 from ..scheduling.scheduler import Scheduler
 from ..units.systemd import Systemd
-from . import admin, anthropic, logs, native, ollama, openai, ui
+from . import admin, anthropic, json_body, logs, native, ollama, openai, ui
 from .auth import require_key
 from .errors import openai_errors
+from .guard import cors_headers, guard
 from .inflight import InFlight
 from .keys import CONFIG, INFLIGHT, METRICS, SCHEDULER
 
@@ -25,13 +26,15 @@ from .keys import CONFIG, INFLIGHT, METRICS, SCHEDULER
 def build_app(config: Config, events: EventBus | None = None) -> web.Application:
     events = events or EventBus()
     # observed outermost (it sees every answer's status), then errors: a refused key gets the same
-    # error shape as everything else
-    app = web.Application(middlewares=[observe_requests(lambda: events), openai_errors, require_key],
+    # error shape as everything else; the browser's door (guard) before the key, as preflights carry none
+    app = web.Application(middlewares=[observe_requests(lambda: events), openai_errors, guard, require_key],
                           client_max_size=config.max_body_bytes)
+    app.on_response_prepare.append(cors_headers)
     app[CONFIG] = config
     app[INFLIGHT] = InFlight()
     app[METRICS] = Metrics(events, lambda: s.snapshot() if (s := app.get(SCHEDULER)) is not None else None)
     app[logs.LIVE] = set()
+    json_body.attach(app)
     ui.attach(app, events)
     app.on_shutdown.append(logs.end_live_streams)
     app.cleanup_ctx.append(_resources(events))
