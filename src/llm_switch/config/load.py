@@ -12,6 +12,7 @@ import yaml
 
 from ..errors import ConfigError
 from . import keys as k
+from . import memory as mem
 from . import values as v
 from .types import (DEFAULT_BACKEND, DEFAULT_HEADER_TIMEOUT, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY,
                     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT, DEFAULT_PROMPT_CACHE_MAX,
@@ -23,9 +24,10 @@ _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.service$")
 _TOP_KEYS = {"listen", "backend", "health_timeout", "max_body_bytes", "models", "memory_budget", "min_loaded",
              "idle_unload", "max_wait", "max_queue", "preload", "shutdown_grace",
              "prompt_cache", "prompt_cache_dir", "prompt_cache_max", "prompt_cache_min_tokens", "loading_progress",
-             "api_keys", "allow_unauthenticated", "metrics_public", "max_connections", "header_timeout"}
+             "api_keys", "allow_unauthenticated", "metrics_public", "max_connections", "header_timeout",
+             "memory_device", "memory_reserve"}
 _MODEL_KEYS = {"unit", "cmd", "url", "aliases", "health_timeout", "repair_tool_calls", "memory", "min_loaded",
-               "idle_unload", "prompt_cache", "backend_api_key", "loading_progress"}
+               "idle_unload", "prompt_cache", "backend_api_key", "loading_progress", "unlisted"}
 
 
 def find_path(explicit: str | None) -> Path:
@@ -81,7 +83,9 @@ def parse(text: str, path: str | None = None) -> Config:
         max_bytes=v.size(raw.get("prompt_cache_max", DEFAULT_PROMPT_CACHE_MAX), "prompt_cache_max"),
         min_tokens=v.positive_int(raw.get("prompt_cache_min_tokens", DEFAULT_PROMPT_CACHE_MIN_TOKENS),
                                   "prompt_cache_min_tokens"))
-    budget = v.size(raw["memory_budget"], "memory_budget") if raw.get("memory_budget") is not None else None
+    memory = mem.budget(raw)
+    budget = memory["memory_budget"]
+    defaults["budget_set"] = raw.get("memory_budget") is not None
 
     models_raw = raw.get("models")
     if not isinstance(models_raw, dict) or not models_raw:
@@ -107,7 +111,7 @@ def parse(text: str, path: str | None = None) -> Config:
     config = Config(
         host, port, models,
         max_body_bytes=v.positive_int(raw.get("max_body_bytes", DEFAULT_MAX_BODY), "max_body_bytes"),
-        path=path, warnings=tuple(warnings), names=names, memory_budget=budget,
+        path=path, warnings=tuple(warnings), names=names, **memory,
         max_wait=v.duration(raw.get("max_wait", DEFAULT_MAX_WAIT), "max_wait"),
         max_queue=v.positive_int(raw.get("max_queue", DEFAULT_MAX_QUEUE), "max_queue"),
         preload=_preload(raw.get("preload", []), names),
@@ -179,6 +183,7 @@ def _model(name: str, spec: Any, defaults: dict[str, Any]) -> Model:
     else:
         cmd = _cmd(spec["cmd"], f"{key}.cmd")
         unit = f"llm-switch-{_unit_escape(name)}.service"
+    memory, memory_auto = mem.model_memory(spec, key, defaults["budget_set"])
     aliases = spec.get("aliases", [])
     if isinstance(aliases, str):
         aliases = [aliases]
@@ -193,7 +198,9 @@ def _model(name: str, spec: Any, defaults: dict[str, Any]) -> Model:
         health_timeout=(v.positive_seconds(spec["health_timeout"], f"{key}.health_timeout")
                         if "health_timeout" in spec else defaults["health_timeout"]),
         repair_tool_calls=v.boolean(spec.get("repair_tool_calls", True), f"{key}.repair_tool_calls"),
-        memory=v.size(spec["memory"], f"{key}.memory") if spec.get("memory") is not None else None,
+        memory=memory,
+        memory_auto=memory_auto,
+        unlisted=v.boolean(spec.get("unlisted", False), f"{key}.unlisted"),
         min_loaded=v.duration(spec["min_loaded"], f"{key}.min_loaded") if "min_loaded" in spec
         else defaults["min_loaded"],
         idle_unload=v.optional_duration(spec["idle_unload"], f"{key}.idle_unload") if "idle_unload" in spec
