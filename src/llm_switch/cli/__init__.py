@@ -51,13 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "machine's, from the config)")
     litellm_p.add_argument("--api-key", help="the key LiteLLM sends to the switches (default: none)")
     litellm_p.add_argument("--config")
-    _own_models_commands(sub)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []  # `add ... -- LLAMA-SERVER-ARGS`
-    args = parser.parse_args(argv[:len(argv) - len(extra) - 1] if "--" in argv else argv)
-    if extra and args.command != "add":
-        parser.error("arguments after -- are for `llm-switch add` only")
-    args.llama_args = extra
+    args = _parse(parser, sub, list(sys.argv[1:] if argv is None else argv))
 
     setup_logging(logging.DEBUG if getattr(args, "debug", False) else logging.INFO)
     if args.command == "status":
@@ -66,12 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("load", "unload", "logs"):
         from . import control
         return control.run(args)
-    if args.command in ("add", "remove"):
-        from . import add
-        return add.run(args)
-    if args.command == "import":
-        from . import importer
-        return importer.run(args)
+    if args.command in ("add", "remove", "import"):
+        return _own_models(args)
     if args.command == "litellm-config":
         from . import litellm
         return litellm.run(args)
@@ -91,6 +81,22 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e.message)
         return 1
     return 0
+
+
+def _parse(parser: argparse.ArgumentParser, sub, argv: list[str]) -> argparse.Namespace:
+    """argparse, with what follows `--` kept apart: `add ... -- LLAMA-SERVER-ARGS`."""
+    _own_models_commands(sub)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    args.llama_args = argv[cut + 1:]
+    if args.llama_args and args.command != "add":
+        parser.error("arguments after -- are for `llm-switch add` only")
+    return args
+
+
+def _own_models(args) -> int:
+    from . import add, importer
+    return (importer if args.command == "import" else add).run(args)
 
 
 def _own_models_commands(sub) -> None:

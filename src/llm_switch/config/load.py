@@ -68,24 +68,9 @@ def parse(text: str, path: str | None = None) -> Config:
     v.reject_unknown(raw, "", _TOP_KEYS)
 
     host, port = v.listen(raw.get("listen", DEFAULT_LISTEN), "listen")
-    defaults = {
-        "url": v.url(raw.get("backend", DEFAULT_BACKEND), "backend"),
-        "health_timeout": v.positive_seconds(raw.get("health_timeout", DEFAULT_HEALTH_TIMEOUT), "health_timeout"),
-        "min_loaded": v.duration(raw["min_loaded"], "min_loaded") if "min_loaded" in raw else None,
-        "idle_unload": v.optional_duration(raw.get("idle_unload", "off"), "idle_unload"),
-        "prompt_cache": v.boolean(raw.get("prompt_cache", True), "prompt_cache"),
-        "loading_progress": v.one_of(raw.get("loading_progress", "reasoning"), "loading_progress",
-                                     LOADING_PROGRESS),
-    }
-    prompt_cache = PromptCacheSettings(
-        dir=v.directory(raw["prompt_cache_dir"], "prompt_cache_dir") if "prompt_cache_dir" in raw
-        else default_prompt_cache_dir(),
-        max_bytes=v.size(raw.get("prompt_cache_max", DEFAULT_PROMPT_CACHE_MAX), "prompt_cache_max"),
-        min_tokens=v.positive_int(raw.get("prompt_cache_min_tokens", DEFAULT_PROMPT_CACHE_MIN_TOKENS),
-                                  "prompt_cache_min_tokens"))
+    defaults = _model_defaults(raw)
     memory = mem.budget(raw)
     budget = memory["memory_budget"]
-    defaults["budget_set"] = raw.get("memory_budget") is not None
 
     models_raw = raw.get("models")
     if not isinstance(models_raw, dict) or not models_raw:
@@ -115,7 +100,7 @@ def parse(text: str, path: str | None = None) -> Config:
         max_wait=v.duration(raw.get("max_wait", DEFAULT_MAX_WAIT), "max_wait"),
         max_queue=v.positive_int(raw.get("max_queue", DEFAULT_MAX_QUEUE), "max_queue"),
         preload=_preload(raw.get("preload", []), names),
-        prompt_cache=prompt_cache,
+        prompt_cache=_prompt_cache(raw),
         shutdown_grace=v.duration(raw.get("shutdown_grace", DEFAULT_SHUTDOWN_GRACE), "shutdown_grace"),
         api_keys=api_keys,
         allow_unauthenticated=v.boolean(raw.get("allow_unauthenticated", False), "allow_unauthenticated"),
@@ -125,6 +110,29 @@ def parse(text: str, path: str | None = None) -> Config:
     )
     k.check_exposure(config)
     return config
+
+
+def _model_defaults(raw: dict) -> dict[str, Any]:
+    """What a model has unless it says otherwise."""
+    return {
+        "url": v.url(raw.get("backend", DEFAULT_BACKEND), "backend"),
+        "health_timeout": v.positive_seconds(raw.get("health_timeout", DEFAULT_HEALTH_TIMEOUT), "health_timeout"),
+        "min_loaded": v.duration(raw["min_loaded"], "min_loaded") if "min_loaded" in raw else None,
+        "idle_unload": v.optional_duration(raw.get("idle_unload", "off"), "idle_unload"),
+        "prompt_cache": v.boolean(raw.get("prompt_cache", True), "prompt_cache"),
+        "loading_progress": v.one_of(raw.get("loading_progress", "reasoning"), "loading_progress",
+                                     LOADING_PROGRESS),
+        "budget_set": raw.get("memory_budget") is not None,  # then a model with no memory is auto
+    }
+
+
+def _prompt_cache(raw: dict) -> PromptCacheSettings:
+    return PromptCacheSettings(
+        dir=v.directory(raw["prompt_cache_dir"], "prompt_cache_dir") if "prompt_cache_dir" in raw
+        else default_prompt_cache_dir(),
+        max_bytes=v.size(raw.get("prompt_cache_max", DEFAULT_PROMPT_CACHE_MAX), "prompt_cache_max"),
+        min_tokens=v.positive_int(raw.get("prompt_cache_min_tokens", DEFAULT_PROMPT_CACHE_MIN_TOKENS),
+                                  "prompt_cache_min_tokens"))
 
 
 def _preload(value: Any, names: dict[str, str]) -> tuple[str, ...]:
