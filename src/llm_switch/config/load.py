@@ -13,6 +13,7 @@ import yaml
 from ..errors import ConfigError
 from . import keys as k
 from . import memory as mem
+from . import models_dir as md
 from . import values as v
 from .types import (DEFAULT_BACKEND, DEFAULT_HEADER_TIMEOUT, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY,
                     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT, DEFAULT_PROMPT_CACHE_MAX,
@@ -25,7 +26,7 @@ _TOP_KEYS = {"listen", "backend", "health_timeout", "max_body_bytes", "models", 
              "idle_unload", "max_wait", "max_queue", "preload", "shutdown_grace",
              "prompt_cache", "prompt_cache_dir", "prompt_cache_max", "prompt_cache_min_tokens", "loading_progress",
              "api_keys", "allow_unauthenticated", "metrics_public", "max_connections", "header_timeout",
-             "memory_device", "memory_reserve"}
+             "memory_device", "memory_reserve", "models_dir", "models_defaults"}
 _MODEL_KEYS = {"unit", "cmd", "url", "aliases", "health_timeout", "repair_tool_calls", "memory", "min_loaded",
                "idle_unload", "prompt_cache", "backend_api_key", "loading_progress", "unlisted"}
 
@@ -69,16 +70,15 @@ def parse(text: str, path: str | None = None) -> Config:
 
     host, port = v.listen(raw.get("listen", DEFAULT_LISTEN), "listen")
     defaults = _model_defaults(raw)
-    memory = mem.budget(raw)
-    budget = memory["memory_budget"]
+    budget = (memory := mem.budget(raw))["memory_budget"]
 
     models_raw = raw.get("models")
-    if not isinstance(models_raw, dict) or not models_raw:
+    if (not isinstance(models_raw, dict) or not models_raw) and not (models_raw is None and "models_dir" in raw):
         raise ConfigError("models: must be a mapping of at least one model name to a unit or settings")
     models: dict[str, Model] = {}
     names: dict[str, str] = {}
     units: dict[str, str] = {}
-    for name, spec in models_raw.items():
+    for name, spec in (models_raw or {}).items():
         model = _model(str(name), spec, defaults)
         for key in (model.name, *model.aliases):
             if key in names:
@@ -91,6 +91,7 @@ def parse(text: str, path: str | None = None) -> Config:
                               f"memory_budget {v.format_size(budget)}; it could never be loaded")
         units[model.unit] = model.name
         models[model.name] = model
+    _dir_models(raw, defaults, models, names, warnings)
 
     api_keys = k.parse_keys(raw.get("api_keys"), names, path, warnings)
     config = Config(
@@ -110,6 +111,33 @@ def parse(text: str, path: str | None = None) -> Config:
     )
     k.check_exposure(config)
     return config
+
+
+def _dir_models(raw: dict, defaults: dict[str, Any], models: dict[str, Model], names: dict[str, str],
+                warnings: list[str]) -> None:
+    """The GGUF files of models_dir as models (config/models_dir.py); a model of models: wins."""
+    if "models_dir" not in raw:
+        return
+    directory = v.directory(raw["models_dir"], "models_dir")
+    if not os.path.isdir(directory):
+        raise ConfigError(f"models_dir: {directory} is not a directory")
+    d = md.defaults(raw.get("models_defaults"), defaults["url"])
+    found, skipped = md.scan(directory)
+    warnings += skipped
+    memory, memory_auto = mem.model_memory({"memory": d["memory"]}, "models_defaults", defaults["budget_set"])
+    same = {k: defaults[k] for k in ("health_timeout", "min_loaded", "idle_unload", "prompt_cache", "loading_progress")}
+    for i, (name, path) in enumerate(found.items()):
+        port = d["port"] + i  # one each, in file order: they may run side by side under a memory_budget
+        if name in names:
+            if names[name] != name:
+                warnings.append(f"models_dir: {path}: {name!r} is an alias of model {names[name]!r}; left out")
+            continue
+        models[name] = Model(name=name, unit=f"llm-switch-{_unit_escape(name)}.service",
+                             url=f"http://127.0.0.1:{port}", cmd=md.argv(name, path, port, d),
+                             memory=memory, memory_auto=memory_auto, **same)
+        names[name] = name
+    if not models:
+        raise ConfigError(f"models: is empty and models_dir {directory} holds no GGUF file")
 
 
 def _model_defaults(raw: dict) -> dict[str, Any]:
