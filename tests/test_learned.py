@@ -130,8 +130,61 @@ def test_the_real_llama_server_breakdown_parses(llama_server, tmp_path):
     lines = out.splitlines()
     table = bd.parse_breakdown(lines)
     assert set(table) >= {"Host"}, out[-3000:]
-    assert sum(1 for ln in lines if "memory breakdown [MiB]" in ln) == 2  # start and exit
+    assert sum(1 for ln in lines if "memory breakdown [MiB]" in ln) == 2, out[-3000:]  # start and exit
     host = table["Host"]
-    assert host.learned == host.model + host.context + host.compute or host.self is not None
-    assert host.learned > 0
-    assert bd.parse_fit_changes(lines) == []  # the tiny model fits as given
+    assert host.self == host.model + host.context + host.compute > 0, out[-3000:]
+    assert bd.parse_fit_changes(lines) == [], out[-3000:]  # the tiny model fits as given
+
+
+# -- the scheduler's one call: report.py ---------------------------------------------------------
+
+from llm_switch.learned import report  # noqa: E402
+
+
+def test_from_log_gives_devices_totals_and_the_first_gpu():
+    got = report.from_log([HEADER, CUDA, HOST, "common_params_fit_impl: context size reduced from 8192 to 4096"])
+    assert got.devices == {"CUDA0": 8900 * MIB, "Host": 550 * MIB}
+    assert got.totals == {"CUDA0": 12282 * MIB}
+    assert got.first_gpu == "CUDA0"
+    assert [c.describe() for c in got.fit_changes] == ["context size 8192 → 4096"]
+    assert "breakdown" in got.source
+
+
+def test_from_log_without_a_breakdown_says_why():
+    got = report.from_log(["srv load_model: loading model"])
+    assert got.devices == {} and "LLAMA_ARG_LOG_VERBOSITY=4" in got.source
+
+
+@pytest.mark.parametrize("declared, learned, device, figure, warns", [
+    (None, None, "Host", None, False),  # not known yet: runs alone
+    (None, {"Host": 100}, "Host", 100, False),
+    (None, {"Host": 100}, "CUDA0", None, False),
+    (1000, {"Host": 1100}, "Host", 1000, False),  # within 10 %
+    (1000, {"Host": 1101}, "Host", 1000, True),  # declared wins, and the log says so
+    (1000, None, "Host", 1000, False),
+])
+def test_counted(declared, learned, device, figure, warns):
+    got, warning = report.counted(declared, learned, device)
+    assert got == figure and (warning is not None) == warns
+
+
+def test_identity_of_a_cmd_and_of_a_template_unit(tmp_path):
+    assert report.identity_of(("/bin/llama-server", "-m", "/m/a.gguf", "-c", "4"), "x.service") == \
+        ("/m/a.gguf", ["/bin/llama-server", "-m", "/m/a.gguf", "-c", "4"])
+    env = tmp_path / "llm-switch" / "models" / "mine.env"
+    env.parent.mkdir(parents=True)
+    env.write_text("# comment\nLLAMA_ARG_MODEL='/m/mine.gguf'\nLLAMA_ARG_CTX_SIZE=4096\n")
+    assert report.identity_of(None, "llama-server@mine.service", str(tmp_path)) == \
+        ("/m/mine.gguf", ["LLAMA_ARG_MODEL='/m/mine.gguf'", "LLAMA_ARG_CTX_SIZE=4096"])
+    assert report.identity_of(None, "other.service", str(tmp_path)) == (None, [])
+
+
+def test_remember_and_recall_across_a_restart(tmp_path):
+    model = tmp_path / "a.gguf"
+    model.write_bytes(b"GGUF" + b"\0" * 60)
+    identity = report.identity_of(("/bin/llama-server", "--model", str(model)), "u.service")
+    learned = report.from_log([HEADER, HOST])
+    report.remember(LearnedStore(tmp_path / "s.json"), "a", identity, learned)
+    assert report.recall(LearnedStore(tmp_path / "s.json"), "a", identity) == {"Host": 550 * MIB}
+    model.write_bytes(b"GGUF" + b"\1" * 61)  # a new file: learned again
+    assert report.recall(LearnedStore(tmp_path / "s.json"), "a", identity) is None
