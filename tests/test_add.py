@@ -51,6 +51,7 @@ def test_bad_input_changes_nothing(demo):
         (["my model", str(demo.gguf)], "model name"),
         (["../x", str(demo.gguf)], "model name"),
         (["mine", str(demo.gguf), "--", "--port", "9"], "LLAMA_ARG_PORT is set by add itself"),
+        (["mine", str(demo.gguf), "--ctx", "512", "--", "-c", "1024"], "--ctx and a context size"),
         (["mine", str(demo.gguf), "--", "--dry-sequence-breaker", "a b"], "splits LLAMA_ARGS at spaces"),
     ]
     for args, message in cases:

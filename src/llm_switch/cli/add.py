@@ -76,6 +76,8 @@ def add(args, paths: Paths) -> int:
     if args.ctx:
         variables["LLAMA_ARG_CTX_SIZE"] = str(args.ctx)
     extra_env, rest = _extra(args.llama_args, paths)
+    if args.ctx and "LLAMA_ARG_CTX_SIZE" in extra_env:
+        raise ConfigError("--ctx and a context size after -- both set it; give one of them")
     variables.update(extra_env)
     env = mf.env_text(args.name, gguf, variables, rest)
     spec: dict = {"unit": f"llama-server@{args.name}.service"}
@@ -90,7 +92,7 @@ def add(args, paths: Paths) -> int:
     paths.records.mkdir(parents=True, exist_ok=True)
     paths.record(args.name).write_text(json.dumps(record, indent=1) + "\n")
     print(f"added {args.name}: {paths.env(args.name)} and models.{args.name} in {paths.config}"
-          + (f" (port {port} of its own: memory_budget is set)" if url else ""))
+          + (f" (on a port of its own, {port})" if url else ""))
     print(asyncio.run(_reload()))
     return 0
 
