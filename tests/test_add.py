@@ -88,6 +88,8 @@ def test_added_model_serves_by_its_name_and_remove_undoes_it(demo):
     assert demo.config.read_text() == original
     assert not env_file.exists()
     wait_for(lambda: "mine" not in served(demo), 30, what="the reloaded switch without mine")
+    wait_for(lambda: demo.um.active_units("llama-server@mine.service") == [], 30,
+             what="the removed model's unit stopped by the reload")
 
 
 def test_with_a_budget_a_model_gets_a_port_of_its_own_and_edited_files_are_kept(demo):
