@@ -348,3 +348,53 @@ def test_prompt_cache_defaults_and_overrides(monkeypatch):
     assert c.prompt_cache.dir == os.path.expanduser("~/cache/slots")
     assert (c.prompt_cache.max_bytes, c.prompt_cache.min_tokens) == (2 << 30, 2000)
     assert (c.models["a"].prompt_cache, c.models["b"].prompt_cache) == (False, True)
+
+
+# -- issue 22: memory learned from llama-server, memory_budget: auto, unlisted ------------------
+
+
+def _meminfo_total() -> int:
+    with open("/proc/meminfo") as f:
+        return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemTotal:"))
+
+
+@pytest.mark.parametrize("top, budget, auto, source", [
+    ("", None, False, None),
+    ("memory_budget: 8G\n", 8 << 30, False, "config"),
+    ("memory_budget: auto\n", _meminfo_total() - (512 << 20), True, "MemTotal"),
+    ("memory_budget: auto\nmemory_reserve: 2G\n", _meminfo_total() - (2 << 30), True, "MemTotal"),
+    ("memory_budget: auto\nmemory_device: Host\nmemory_reserve: 1G\n", _meminfo_total() - (1 << 30), True, "MemTotal"),
+    ("memory_budget: auto\nmemory_device: CUDA0\n", None, True, "first memory breakdown"),
+])
+def test_memory_budget_auto_on_this_cpu_only_machine_is_memtotal_less_the_reserve(top, budget, auto, source):
+    config = parse(top + "models:\n  a: a.service\n")
+    assert (config.memory_budget, config.memory_budget_auto) == (budget, auto)
+    assert source is None and config.memory_budget_from is None or source in config.memory_budget_from
+
+
+@pytest.mark.parametrize("top, memory, expected", [
+    ("", "", (None, False)),
+    ("", "    memory: auto\n", (None, True)),
+    ("memory_budget: 8G\n", "", (None, True)),  # under a budget a model with no memory is auto
+    ("memory_budget: 8G\n", "    memory: 2G\n", (2 << 30, False)),
+])
+def test_model_memory_auto(top, memory, expected):
+    model = parse(top + "models:\n  a:\n    unit: a.service\n" + memory).models["a"]
+    assert (model.memory, model.memory_auto) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("memory_budget: lots\n", "memory_budget"),
+    ("memory_reserve: -1\n", "memory_reserve"),
+    ("memory_device: ''\n", "memory_device"),
+    ("models_x: 1\n", "unknown key"),
+])
+def test_bad_memory_keys_name_the_key(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(text + "models:\n  a: a.service\n")
+
+
+def test_unlisted_is_a_boolean():
+    assert parse("models:\n  a:\n    unit: a.service\n    unlisted: true\n").models["a"].unlisted
+    with pytest.raises(ConfigError, match="models.a.unlisted"):
+        parse("models:\n  a:\n    unit: a.service\n    unlisted: 1\n")

@@ -36,6 +36,8 @@ class Model:
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
     repair_tool_calls: bool = True
     memory: int | None = None  # declared bytes; None: exclusive (runs alone)
+    memory_auto: bool = False  # `memory: auto`, or none under a budget: learned from llama-server's report
+    unlisted: bool = False  # served, but left out of /v1/models (llama-swap's `unlisted`)
     min_loaded: float | None = None  # None: 3x the last load time, at least 5 s
     idle_unload: float | None = None  # None: never unloaded for idleness
     prompt_cache: bool = True  # save the slots at stop, restore them at start (where the backend can)
@@ -72,6 +74,10 @@ class Config:
     warnings: tuple[str, ...] = ()
     names: dict[str, str] = field(default_factory=dict)  # name or alias → model name
     memory_budget: int | None = None  # None: every model exclusive
+    memory_budget_auto: bool = False  # `memory_budget: auto`: the device's total less memory_reserve
+    memory_budget_from: str | None = None  # where the budget came from ("config", "MemTotal …")
+    memory_device: str | None = None  # the budget's device; None: the first GPU in the breakdowns, else Host
+    memory_reserve: int = 512 << 20  # kept free under an auto budget
     max_wait: float = DEFAULT_MAX_WAIT
     max_queue: int = DEFAULT_MAX_QUEUE
     preload: tuple[str, ...] = ()

@@ -53,6 +53,7 @@ def _model_entry(scheduler: Scheduler, name: str) -> dict:
 async def list_models(request: web.Request) -> web.Response:
     scheduler = request.app[SCHEDULER]
     names = auth.visible(request, scheduler.config.models)  # a key limited to some models sees those
+    names = [n for n in names if not scheduler.config.models[n].unlisted]  # served, not listed
     return web.json_response({"object": "list", "data": [_model_entry(scheduler, n) for n in names]})
 
 
