@@ -13,8 +13,9 @@ import anthropic
 import openai
 import pytest
 
-import harness
-from harness import chat_body, free_port, post_json
+from support import harness
+from support.factories import module_deployment
+from support.harness import chat_body, free_port, post_json
 
 ADMIN = "admin-3f9c0a7be15d42c8a6"
 ROO = "roo-key-0123456789abcdef"  # may use model a only
@@ -30,10 +31,9 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-@pytest.fixture(scope="module")
-def keyed(user_manager, llama_server, tmp_path_factory):
+@module_deployment("auth")
+def keyed(d):
     """A switch with two scripted models that echo the headers they get; b has a backend key."""
-    d = harness.Deployment(user_manager, tmp_path_factory.mktemp("auth"), "auth", llama=llama_server)
     echo = {"/v1/chat/completions": {"echo": True}, "/v1/embeddings": {"echo": True},
             "/v1/messages": {"json": MESSAGE}}
     a = d.scripted_unit("a", {"routes": echo})
@@ -45,16 +45,7 @@ def keyed(user_manager, llama_server, tmp_path_factory):
                    "b": {"unit": b.unit, "url": b.url, "backend_api_key": BACKEND_KEY}},
                   api_keys=[{"key_file": str(key_file), "name": "admin"},
                             {"key": ROO, "name": "roo", "models": ["alpha"]}])
-    try:
-        yield daemon, (a, b)
-    finally:
-        d.close()
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
+    return daemon, (a, b)
 
 
 def _openai(daemon, key: str) -> openai.AsyncOpenAI:

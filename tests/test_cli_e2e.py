@@ -9,7 +9,7 @@ import sys
 import time
 import urllib.request
 
-from harness import _listen_of, free_port, http_get, wait_for
+from support.harness import _listen_of, free_port, http_get, wait_for
 
 
 def test_check_reports_a_missing_unit_and_fails(deploy):

@@ -18,8 +18,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-import harness
-from harness import chat_body, post_json
+from support import harness
+from support.factories import module_deployment
+from support.harness import chat_body, post_json
 
 KEY = "conn-test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -28,17 +29,13 @@ EVENT = {"x": "a" * 16000}  # ~16 KB per SSE event
 EVENTS = 4096  # ~64 MiB in all
 
 
-@pytest.fixture(scope="module")
-def bounded(user_manager, llama_server, tmp_path_factory):
-    d = harness.Deployment(user_manager, tmp_path_factory.mktemp("conn"), "conn", llama=llama_server)
+@module_deployment("conn")
+def bounded(d):
     s = d.scripted_unit("s", {"routes": {
         "/v1/chat/completions": {"sse": {"repeat": EVENT, "count": EVENTS}},
         "/v1/completions": {"json": {"ok": True}}}})
     daemon = d.up({"s": {"unit": s.unit, "url": s.url}}, api_keys=[KEY], header_timeout=HEADER_TIMEOUT)
-    try:
-        yield daemon, s
-    finally:
-        d.close()
+    return daemon, s
 
 
 def _addr(daemon) -> tuple[str, int]:

@@ -8,8 +8,9 @@ import time
 import aiohttp
 import pytest
 
-import harness
-from harness import chat_body, post_json
+from support import harness
+from support.factories import module_deployment
+from support.harness import chat_body, post_json
 
 
 def assert_openai_error(status: int, body, want_status: int, want_type: str, want_code: str):
@@ -25,26 +26,15 @@ def assert_openai_error(status: int, body, want_status: int, want_type: str, wan
 # -- the switch's own 4xx: one daemon for the module, no backend needs to run -----------------
 
 
-@pytest.fixture(scope="module")
-def cheap(user_manager, llama_server, tmp_path_factory):
+@module_deployment("err")
+def cheap(d):
     """A switch with two models whose units exist but are never started by these tests."""
-    d = harness.Deployment(user_manager, tmp_path_factory.mktemp("errors"), "err",
-                           llama=llama_server)
     a = d.scripted_unit("a", {"routes": {"*": {"json": {"from": "a"}}}})
     b = d.scripted_unit("b", {"routes": {"*": {"json": {"from": "b"}}}})
     daemon = d.up({"alpha": {"unit": a.unit, "url": a.url},
                    "beta": {"unit": b.unit, "url": b.url, "aliases": ["bee"]}},
                   max_body_bytes=4096)
-    try:
-        yield daemon, (a, b)
-    finally:
-        d.close()
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
+    return daemon, (a, b)
 
 
 async def test_body_not_json_is_400(cheap, http):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import harness
+from support import harness
 
 
 def test_user_manager_with_journal_runs_units_and_leaves_nothing_behind(tmp_path):

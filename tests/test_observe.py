@@ -15,18 +15,12 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import harness
-from harness import chat_body, free_port, sse_lines
+from support import harness
+from support.harness import chat_body, free_port, sse_lines
 from llm_switch.observe.metrics import usage_of
 from llm_switch.units.journal import load_phase
-from test_progress import TIMINGS, USAGE, answer, whole_answer
-from test_ui import journaled_scripted
-
-
-@pytest.fixture(scope="module")
-def journal_manager():
-    with harness.UserManager(journal=True) as um:
-        yield um
+from support.answers import TIMINGS, USAGE, answer, whole_answer
+from support.units import journaled_scripted
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:

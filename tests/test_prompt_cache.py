@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from harness import chat_body, make_model, post_json
+from support.harness import chat_body, make_model, post_json
 from llm_switch.scheduling.prompt_cache import FILE, over_budget
 
 MID = {"hidden": 256, "blocks": 4, "ffn": 704, "ctx": 4096}  # ~13 MB; ~1.2k tokens take a visible prefill

@@ -8,7 +8,7 @@ import time
 
 import aiohttp
 
-from harness import chat_body, post_json, sse_lines, wait_for
+from support.harness import chat_body, post_json, sse_lines, wait_for
 
 
 def delta(i: str = "{i}") -> dict:

@@ -14,8 +14,8 @@ import time
 
 import aiohttp
 
-from harness import (Deployment, UnitSampler, UserManager, chat_body, free_port, http_get,
-                     llama_args, post_json, shell_join, sse_lines, wait_for)
+from support.harness import (Deployment, UnitSampler, UserManager, chat_body, free_port, http_get,
+                             llama_args, post_json, shell_join, sse_lines, wait_for)
 
 
 def backend_model_id(url: str) -> str | None:

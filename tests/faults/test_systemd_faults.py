@@ -11,7 +11,7 @@ import time
 
 import aiohttp
 
-from harness import Deployment, UserManager, chat_body, post_json, sse_lines, wait_for
+from support.harness import Deployment, UserManager, chat_body, post_json, sse_lines, wait_for
 
 
 def model_state(daemon, name: str) -> str:

@@ -1,6 +1,7 @@
 """Real parts for tests and benchmarks: a private ``systemd --user``, llama-server, tiny GGUFs.
 
-No pytest in here: ``bench/`` scripts import this module too (``sys.path.insert(0, "tests")``).
+No pytest in here: ``bench/`` scripts import this module too (``tests`` on ``sys.path``, then
+``from support import harness``).
 Everything fails loudly with :class:`HarnessError`; nothing skips.
 
 - :func:`free_port`, :func:`find_llama_server`, :func:`make_model`
@@ -110,7 +111,7 @@ def find_llama_server() -> tuple[str, dict[str, str]]:
 # --------------------------------------------------------------------------- tiny GGUF models
 
 # one GGUF recipe for the demo (setup.sh --demo), the tests and the bench
-sys.path.insert(0, str(HERE.parent / "deploy"))
+sys.path.insert(0, str(HERE.parents[1] / "deploy"))
 from make_demo_models import make_model  # noqa: E402,F401  (part of this module's API)
 
 
@@ -204,7 +205,7 @@ def scripted_unit_text(
     events_path: str | os.PathLike | None = None,
     python: str = sys.executable,
 ) -> str:
-    """A unit running tests/scripted_backend.py with ``script_path`` on 127.0.0.1:``port``."""
+    """A unit running tests/support/scripted_backend.py with ``script_path`` on 127.0.0.1:``port``."""
     argv = [python, str(SCRIPTED_BACKEND), "--port", str(port), "--script", str(script_path)]
     if record_path:
         argv += ["--record", str(record_path)]
@@ -707,7 +708,7 @@ class Deployment:
 
     def scripted_unit(self, name: str, script: dict, *, port: int | None = None,
                       unit: str | None = None) -> Backend:
-        """A tests/scripted_backend.py unit playing ``script`` (its "model" defaults to name)."""
+        """A tests/support/scripted_backend.py unit playing ``script`` (its "model" defaults to name)."""
         unit = self._unit("scripted", name, unit)
         port = port or free_port()
         script = {"model": name, **script}
