@@ -15,4 +15,4 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `support`, for tests/faults too
 pytest.register_assert_rewrite("support")
 
-pytest_plugins = ["support.fixtures"]
+pytest_plugins = ["support.fixtures", "support.markers"]

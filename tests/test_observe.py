@@ -160,6 +160,7 @@ async def test_logs_and_the_load_phase_come_from_the_journal(journal_manager, tm
         d.close()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("lines,phase", [
     ([], None),
     (["main: build info"], None),
@@ -175,6 +176,7 @@ def test_load_phase_from_llama_server_lines(lines, phase):
     assert load_phase(lines) == phase
 
 
+@pytest.mark.unit
 def test_usage_from_the_last_bytes_of_an_answer():
     final = json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": USAGE,
                         "timings": TIMINGS})

@@ -152,6 +152,7 @@ async def test_a_failed_save_or_a_short_restore_costs_only_the_cache(deploy, mid
     assert {m["model"]: m["state"] for m in daemon.get_json("/status")["models"]} == {"a": "stopped", "b": "ready"}
 
 
+@pytest.mark.unit
 def test_over_budget_picks_the_oldest_first():
     class St:
         def __init__(self, size: int, mtime: int) -> None:
