@@ -4,7 +4,6 @@ llama-server run with --api-key; a listen off loopback without keys refused; no 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 
@@ -285,7 +284,9 @@ async def test_no_key_reaches_the_journal(tmp_path, llama_server):
                 async with http.get(url + "/status"):
                     pass
             um.systemctl("kill", "-s", "HUP", switch.unit)  # a reload reads the keys again
-            await asyncio.sleep(1)
+            harness.wait_for(lambda: any("config reloaded" in str(e.get("MESSAGE"))
+                                         for e in um.journal_json(switch.unit)),
+                             30, interval=0.2, what="the switch's reload in the journal")
             async with aiohttp.ClientSession() as http:
                 status, _, _ = await post_json(http, url + "/v1/chat/completions", chat_body("t"),
                                                headers=bearer(env_key))

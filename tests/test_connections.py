@@ -43,11 +43,13 @@ def _addr(daemon) -> tuple[str, int]:
     return host, int(port)
 
 
-async def _slow_head(host: str, port: int, stop: asyncio.Event) -> tuple[float, float | None]:
-    """A slowloris client: a request head one byte every 0.5 s. (opened at, closed by the server at)"""
+async def _slow_head(host: str, port: int, stop: asyncio.Event, heads: list) -> tuple[float, float | None]:
+    """A slowloris client: a request head one byte every 0.5 s (counted in `heads` once begun).
+    (opened at, closed by the server at)"""
     reader, writer = await asyncio.open_connection(host, port)
     opened = time.monotonic()
     writer.write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    heads.append(opened)
 
     async def trickle():
         while not stop.is_set():
@@ -76,9 +78,10 @@ async def test_slow_headers_do_not_slow_normal_requests_and_are_cut(bounded):
     async with aiohttp.ClientSession() as http:
         status, _, _ = await post_json(http, daemon.url + "/v1/completions", {"model": "s"}, headers=AUTH)
         assert status == 200  # the model is up before timing starts
-        stop = asyncio.Event()
-        slow = [asyncio.create_task(_slow_head(host, port, stop)) for _ in range(200)]
-        await asyncio.sleep(0.5)  # all 200 are open and trickling
+        stop, heads = asyncio.Event(), []
+        slow = [asyncio.create_task(_slow_head(host, port, stop, heads)) for _ in range(200)]
+        await harness.wait_for_async(lambda: len(heads) == 200 and harness.accept_queue(port) == 0, 30,
+                                     what="all 200 slow heads begun and accepted by the switch")
         times = []
         for i in range(40):
             t0 = time.monotonic()
@@ -131,7 +134,7 @@ def test_connections_past_max_connections_are_refused_at_once(deploy):
     daemon = deploy.up({"a": "a.service"}, max_connections=20)
     held = [socket.create_connection(_addr(daemon), timeout=10) for _ in range(20)]
     try:
-        time.sleep(0.3)  # all accepted
+        harness.wait_for(lambda: harness.accept_queue(_addr(daemon)[1]) == 0, 10, what="all 20 accepted")
         t0 = time.monotonic()
         answer = _raw(daemon, b"")
         took = time.monotonic() - t0

@@ -79,11 +79,12 @@ async def test_comment_mode_and_other_streams_get_comment_lines_while_the_model_
     """With loading_progress: comment the client sees only SSE comments (which clients ignore):
     first that a's request must finish, then b's load; /v1/completions gets comments whatever
     the setting. An unstreamed request that waits gets its answer unchanged."""
-    daemon, _, _ = two_models(deploy, loading_progress="comment")
+    daemon, a, _ = two_models(deploy, loading_progress="comment")
     post(daemon.url + "/load/a")
     async with aiohttp.ClientSession() as http:
         busy = asyncio.ensure_future(post_json(http, daemon.url + "/v1/chat/completions", chat_body("a")))
-        await asyncio.sleep(0.5)  # a's request is in flight (its backend takes 1.5 s)
+        await harness.wait_for_async(lambda: a.records("request"), 30,  # its backend takes 1.5 s to answer
+                                     what="a's request in flight")
         async with http.post(daemon.url + "/v1/chat/completions", json=chat_body("b", stream=True)) as resp:
             assert resp.status == 200 and resp.content_type == "text/event-stream"
             lines = [line async for _, line in sse_lines(resp)]

@@ -425,7 +425,8 @@ async def test_sighup_rereads_the_config_and_keeps_the_old_one_when_bad(deploy, 
 
         deploy.write_config(raw="models: [this is not a mapping\n")
         daemon.proc.send_signal(signal.SIGHUP)
-        time.sleep(2)
+        wait_for(lambda: "reload refused" in daemon.log() or daemon.proc.poll() is not None,
+                 30, what="the bad config refused after SIGHUP")
         assert daemon.proc.poll() is None, daemon.log()
         assert [m["id"] for m in daemon.get_json("/v1/models")["data"]] == ["a", "c"]
         status, body, _ = await post_json(http, daemon.url + "/v1/chat/completions",

@@ -11,7 +11,7 @@ import time
 
 import aiohttp
 
-from support.harness import Deployment, UserManager, chat_body, post_json, sse_lines, wait_for
+from support.harness import Deployment, UserManager, chat_body, post_json, sse_lines, wait_for, wait_for_async
 
 
 def model_state(daemon, name: str) -> str:
@@ -38,7 +38,7 @@ async def test_bus_restart_loses_no_request_and_signals_resume(tmp_path, llama_s
 
             async with aiohttp.ClientSession() as http:
                 requests = asyncio.create_task(client(http))
-                await asyncio.sleep(0.2)
+                await wait_for_async(lambda: results, 30, what="the first answers")  # the stream is flowing
                 await asyncio.to_thread(manager.systemctl, "restart", "dbus.service")
                 await requests
             bad = [(s, b) for s, b in results if s != 200]

@@ -16,6 +16,7 @@ See docs/testing.md for why each part looks the way it does.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -61,6 +62,28 @@ def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "con
         if time.monotonic() > deadline:
             raise HarnessError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+async def wait_for_async(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    """:func:`wait_for` for async tests: the event loop (and the test's own tasks) runs between polls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise HarnessError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def accept_queue(port: int) -> int:
+    """Connections to the TCP listener on ``port`` that the kernel holds and its server has not
+    accepted yet (the listener's Recv-Q in /proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+            return int(fields[4].split(":")[1], 16)
+    raise HarnessError(f"nothing listens on TCP port {port} (IPv4)")
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
