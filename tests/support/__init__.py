@@ -6,6 +6,6 @@
 - ``fixtures``: the shared fixtures (a pytest plugin, loaded by tests/conftest.py).
 - ``factories``: fixture factories, a module-scoped deployment or user manager.
 - ``markers``: the ``unit`` and ``e2e`` markers.
-- ``answers``, ``units``, ``node``, ``setup_sh``, ``cdp``, ``litellm_proxy``: helpers
+- ``checks``, ``answers``, ``units``, ``node``, ``setup_sh``, ``cdp``, ``litellm_proxy``: helpers
   that more than one test module uses.
 """

@@ -1,5 +1,5 @@
 """What scripted backends answer: a chat completion saying "Hello world", whole and streamed, with
-llama-server's usage and timings."""
+llama-server's usage and timings; a streamed chunk for long streams."""
 
 from __future__ import annotations
 
@@ -24,3 +24,8 @@ def whole_answer() -> dict:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(WORDS)},
                          "finish_reason": "stop"}], "usage": USAGE, "timings": TIMINGS}
 
+
+def delta(i: str = "{i}") -> dict:
+    """One streamed chunk saying `tok<i> ` (a script's "repeat" fills in {i})."""
+    return {"object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {"content": f"tok{i} "}, "finish_reason": None}]}
