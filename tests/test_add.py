@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-import harness
-from harness import free_port, wait_for
-from test_setup_support import HomeManager, chat, free_backend_port, request, run_setup, setup_env, tree_state
+from support import harness
+from support.harness import free_port, wait_for
+from support.setup_sh import HomeManager, chat, free_backend_port, request, run_setup, setup_env, tree_state
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ llama-server run with --api-key; a listen off loopback without keys refused; no 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 
@@ -13,8 +12,9 @@ import anthropic
 import openai
 import pytest
 
-import harness
-from harness import chat_body, free_port, post_json
+from support import harness
+from support.factories import module_deployment
+from support.harness import chat_body, free_port, post_json
 
 ADMIN = "admin-3f9c0a7be15d42c8a6"
 ROO = "roo-key-0123456789abcdef"  # may use model a only
@@ -30,10 +30,9 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-@pytest.fixture(scope="module")
-def keyed(user_manager, llama_server, tmp_path_factory):
+@module_deployment("auth")
+def keyed(d):
     """A switch with two scripted models that echo the headers they get; b has a backend key."""
-    d = harness.Deployment(user_manager, tmp_path_factory.mktemp("auth"), "auth", llama=llama_server)
     echo = {"/v1/chat/completions": {"echo": True}, "/v1/embeddings": {"echo": True},
             "/v1/messages": {"json": MESSAGE}}
     a = d.scripted_unit("a", {"routes": echo})
@@ -45,16 +44,7 @@ def keyed(user_manager, llama_server, tmp_path_factory):
                    "b": {"unit": b.unit, "url": b.url, "backend_api_key": BACKEND_KEY}},
                   api_keys=[{"key_file": str(key_file), "name": "admin"},
                             {"key": ROO, "name": "roo", "models": ["alpha"]}])
-    try:
-        yield daemon, (a, b)
-    finally:
-        d.close()
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
+    return daemon, (a, b)
 
 
 def _openai(daemon, key: str) -> openai.AsyncOpenAI:
@@ -303,7 +293,9 @@ async def test_no_key_reaches_the_journal(tmp_path, llama_server):
                 async with http.get(url + "/status"):
                     pass
             um.systemctl("kill", "-s", "HUP", switch.unit)  # a reload reads the keys again
-            await asyncio.sleep(1)
+            harness.wait_for(lambda: any("config reloaded" in str(e.get("MESSAGE"))
+                                         for e in um.journal_json(switch.unit)),
+                             30, interval=0.2, what="the switch's reload in the journal")
             async with aiohttp.ClientSession() as http:
                 status, _, _ = await post_json(http, url + "/v1/chat/completions", chat_body("t"),
                                                headers=bearer(env_key))

@@ -8,6 +8,8 @@ import pytest
 from llm_switch.config import DEFAULT_HEALTH_TIMEOUT, DEFAULT_MAX_BODY, find_path, load, parse
 from llm_switch.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 
 def cfg(text: str):
     return parse(textwrap.dedent(text))

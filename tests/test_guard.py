@@ -11,8 +11,8 @@ import json
 import pytest
 from aiohttp import web
 
-import harness
-from cdp import Browser
+from support import harness
+from support.cdp import Browser
 from llm_switch.config import parse
 from llm_switch.http.guard import cross_origin, host_allowed
 

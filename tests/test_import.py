@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 import yaml
 
-import harness
+from support import harness
 from llm_switch.cli.llama_swap import convert
 from llm_switch.errors import ConfigError
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-import harness
+from support import harness
 from llm_switch.learned import breakdown as bd
 from llm_switch.learned.budget import auto_budget, mem_total
 from llm_switch.learned.store import LearnedStore, file_identity

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from harness import Daemon, wait_for
+from support.harness import Daemon, wait_for
 from llm_switch.config import parse
 from llm_switch.errors import ConfigError
 

@@ -16,17 +16,11 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import harness
-from harness import chat_body, free_port, post_json, sse_lines
+from support import harness
+from support.harness import chat_body, free_port, post_json, sse_lines
 from llm_switch.units.journal import load_phase
-from test_progress import TIMINGS, USAGE, answer, whole_answer
-from test_ui import journaled_scripted
-
-
-@pytest.fixture(scope="module")
-def journal_manager():
-    with harness.UserManager(journal=True) as um:
-        yield um
+from support.answers import TIMINGS, USAGE, answer, whole_answer
+from support.units import journaled_scripted
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -239,6 +233,7 @@ async def test_logs_and_the_load_phase_come_from_the_journal(journal_manager, tm
         d.close()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("lines,phase", [
     ([], None),
     (["main: build info"], None),

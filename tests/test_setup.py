@@ -16,8 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import free_port, http_get, wait_for
-from test_setup_support import (
+from support.factories import module_manager
+from support.harness import free_port, http_get, wait_for
+from support.setup_sh import (
     REAL_MODELS,
     SETUP,
     HomeManager,
@@ -34,13 +35,7 @@ from test_setup_support import (
 SERVICE = "llm-switch.service"
 
 
-@pytest.fixture(scope="module")
-def um():
-    manager = HomeManager()
-    try:
-        yield manager
-    finally:
-        manager.close()
+um = module_manager(HomeManager)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import sys
 import urllib.error
 import urllib.request
 
-from harness import free_port, http_get
-from test_setup_support import HomeManager, run_setup
+from support.harness import free_port, http_get
+from support.setup_sh import HomeManager, run_setup
 
 
 def _get(url: str, key: str | None = None) -> int:

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-import harness
-from harness import free_port
-from test_setup_support import (HomeManager, chat, free_backend_port, request, run_setup, service_debug,
+from support import harness
+from support.harness import free_port
+from support.setup_sh import (HomeManager, chat, free_backend_port, request, run_setup, service_debug,
                                 tree_state)
 
 BGE_FILE = "ggml-org_bge-m3-Q8_0-GGUF_bge-m3-q8_0.gguf"  # bge-m3's file name in deploy/models/bge-m3.env

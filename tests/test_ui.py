@@ -1,5 +1,5 @@
 """The live page at /ui, in a real headless Chromium (Debian's `chromium`, driven over the
-DevTools protocol by tests/cdp.py): opened with an API key, it shows the models, follows a switch
+DevTools protocol by tests/support/cdp.py): opened with an API key, it shows the models, follows a switch
 made by another client without a reload, lists the requests with their tokens/s, streams the
 selected model's journal, and its buttons load and unload."""
 
@@ -9,37 +9,18 @@ import asyncio
 import json
 import os
 import shutil
-import sys
 import urllib.request
 
 import openai
-import pytest
 
-import harness
-from cdp import Browser
-from harness import free_port
+from support import harness
+from support.cdp import Browser
+from support.units import journaled_scripted
 
 KEY = "ui-test-key-0123456789abcdef"
 USAGE = {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
 TIMINGS = {"prompt_n": 9, "prompt_ms": 18.0, "prompt_per_second": 500.0, "predicted_n": 4, "predicted_ms": 80.0,
            "predicted_per_second": 50.0}
-
-
-@pytest.fixture(scope="module")
-def journal_manager():
-    with harness.UserManager(journal=True) as um:
-        yield um
-
-
-def journaled_scripted(d: harness.Deployment, name: str, script: dict) -> harness.Backend:
-    """A scripted backend whose output goes to the journal, saying `zz-NAME starting` first."""
-    port = free_port()
-    path = d.dir / f"{name}.script.json"
-    path.write_text(json.dumps({"model": name, **script}))
-    command = (f'echo "zz-{name} starting on port {port}"; '
-               f'exec {sys.executable} {harness.SCRIPTED_BACKEND} --port {port} --script {path}')
-    return d.command_unit(name, ["/bin/sh", "-c", command], port=port, to_journal=True,
-                          env={"PYTHONUNBUFFERED": "1"})
 
 
 def answer(text: str) -> dict:

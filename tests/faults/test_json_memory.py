@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from harness import post_json
+from support.harness import post_json
 from llm_switch.http.json_body import LARGE_AT_ONCE
 
 MiB = 1 << 20

@@ -2,7 +2,7 @@
 
 Run it like a llama-server (and so as a unit's ExecStart)::
 
-    python tests/scripted_backend.py --port N --script FILE.json [--record FILE.jsonl]
+    python tests/support/scripted_backend.py --port N --script FILE.json [--record FILE.jsonl]
 
 It binds 127.0.0.1 only. Script format (JSON; every key optional)::
 
