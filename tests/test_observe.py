@@ -91,21 +91,24 @@ def test_metrics_match_what_the_test_did(deploy):
 
 
 async def test_metrics_count_requests_in_flight_and_queued(deploy):
-    a = deploy.scripted_unit("a", {"routes": {"/v1/chat/completions": {"delay": 2.0, "json": whole_answer()}}})
+    a = deploy.scripted_unit("a", {"routes": {"/v1/chat/completions": {"delay": 5.0, "json": whole_answer()}}})
     b = deploy.scripted_unit("b", {})
     daemon = deploy.up({"a": {"unit": a.unit, "url": a.url}, "b": {"unit": b.unit, "url": b.url}}, min_loaded="1m")
-    async with aiohttp.ClientSession() as http:
-        slow = asyncio.ensure_future(http.post(daemon.url + "/v1/chat/completions", json=chat_body("a")))
-        other = asyncio.ensure_future(http.post(daemon.url + "/v1/embeddings", json={"model": "b", "input": "x"}))
+
+    async def seen(what: str, **labels: str) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             m = await asyncio.to_thread(scrape, daemon.url)
-            if value(m, "llm_switch_requests_in_flight", model="a") == 1 and \
-                    value(m, "llm_switch_requests_queued", model="b") == 1:
-                break
+            if value(m, what, **labels) == 1:
+                return
             await asyncio.sleep(0.05)
-        else:
-            pytest.fail(f"never saw a in flight and b queued: {m}")
+        pytest.fail(f"never saw {what} {labels} at 1: {m}")
+
+    async with aiohttp.ClientSession() as http:
+        slow = asyncio.ensure_future(http.post(daemon.url + "/v1/chat/completions", json=chat_body("a")))
+        await seen("llm_switch_requests_in_flight", model="a")  # b only once a runs: b must wait behind it
+        other = asyncio.ensure_future(http.post(daemon.url + "/v1/embeddings", json={"model": "b", "input": "x"}))
+        await seen("llm_switch_requests_queued", model="b")
         for task in (slow, other):
             (await task).release()
 
