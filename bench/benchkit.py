@@ -25,7 +25,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-import harness  # noqa: E402
+from support import harness  # noqa: E402
 from loadgen import pct  # noqa: E402,F401  (one percentile for every bench)
 
 SPAWN_RE = re.compile(r"spawning server instance with name=(\S+)")

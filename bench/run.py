@@ -3,7 +3,7 @@
     .venv/bin/python bench/run.py [--quick] [--out bench/results/NAME.json] [--sizes tiny,large]
 
 Needs what the end-to-end tests need (root for a private ``systemd --user`` in a mount namespace,
-a llama-server: see ../tests/harness.py). It starts its own user manager, real llama-server
+a llama-server: see ../tests/support/harness.py). It starts its own user manager, real llama-server
 units, scripted backends and the daemon, all on free loopback ports, and measures:
 
 1. switch latency: a 1-token chat request that needs the other model (A↔B alternation), through
@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(BENCH))
 
-import harness  # noqa: E402
+from support import harness  # noqa: E402
 from llm_switch.units.systemd import Systemd  # noqa: E402
 import benchkit  # noqa: E402
 from benchkit import log, machine_info, median, pct, private_systemd, ratio, rnd  # noqa: E402

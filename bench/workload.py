@@ -20,7 +20,7 @@ instance" log lines), and time to first token of the coder turns, especially tho
 a thinker turn (the switch back).
 
 Needs what the end-to-end tests need (root, systemd, dbus-user-session, a llama-server: see
-../tests/harness.py). Writes every figure, per request, to bench/results/workload-<time>.json.
+../tests/support/harness.py). Writes every figure, per request, to bench/results/workload-<time>.json.
 """
 
 from __future__ import annotations

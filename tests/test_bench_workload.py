@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_METHODS = {"router-max1", "router-all", "switch", "switch-exclusive", "switch-cache"}
 
@@ -78,6 +80,7 @@ def test_stress_loses_nothing_and_keeps_the_budget(tmp_path):
         assert _number(data[key]) and data[key] > 0, key
 
 
+@pytest.mark.unit
 def test_stress_rules_catch_overlaps():
     """The checks that the stress relies on find what they should (so zero means something)."""
     sys.path.insert(0, str(ROOT / "bench"))

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 
-from harness import _listen_of, free_port, http_get, wait_for
+from support.harness import _listen_of, free_port, http_get, wait_for
 
 
 def test_check_reports_a_missing_unit_and_fails(deploy):
@@ -64,18 +61,3 @@ def test_config_found_through_the_environment_variable(deploy):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
 
-
-def test_sigterm_exits_zero_and_leaves_the_model_running(deploy, tiny_models):
-    a = deploy.llama_unit("a", tiny_models["a"])
-    daemon = deploy.up({"a": {"unit": a.unit, "url": a.url}})
-    req = urllib.request.Request(daemon.url + "/v1/chat/completions", method="POST",
-                                 data=json.dumps({"model": "a", "max_tokens": 4, "messages": [
-                                     {"role": "user", "content": "hi"}]}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        assert resp.status == 200
-    t0 = time.monotonic()
-    assert daemon.stop() == 0
-    assert time.monotonic() - t0 < 15
-    assert deploy.um.active_units(f"*-{deploy.tag}@*") == [a.unit]
-    assert http_get(a.url + "/health")[0] == 200

@@ -8,7 +8,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from harness import free_port
+from support.harness import free_port
 
 
 def console_script() -> list[str]:

@@ -8,6 +8,8 @@ import pytest
 from llm_switch.config import DEFAULT_HEALTH_TIMEOUT, DEFAULT_MAX_BODY, find_path, load, parse
 from llm_switch.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 
 def cfg(text: str):
     return parse(textwrap.dedent(text))
@@ -83,6 +85,17 @@ def test_seed_format_loads_with_a_warning_for_trace_log():
     ("models: {a: {unit: a.service, repair_tool_calls: maybe}}", "models.a.repair_tool_calls: must be true or false"),
     ("models: {a: [a.service]}", "models.a: must be a unit name or a mapping (got a list)"),
     ("models: {'a b': a.service}", "models.a b: model name must start with a letter or digit"),
+    ("models: {'org/m': a.service}", "models.org/m: model name must not hold '/' (it names a folder of the "
+     "prompt cache); give the name with '/' as an alias (got 'org/m')"),
+    ("models: {'a..b': a.service}", "models.a..b: model name must not hold '..'"),
+    ("models: {\"a\\x1b[2J\": a.service}", "model name must not hold control characters (got 'a\\x1b[2J')"),
+    ("models: {a: {unit: a.service, aliases: [\"x\\ny\"]}}", "models.a.aliases: 'x\\ny' must not hold control"),
+    ("max_json_bytes: 0\nmodels: {a: a.service}", "max_json_bytes: must be a positive integer"),
+    ("allowed_hosts: ['llm.home.arpa:3002']\nmodels: {a: a.service}",
+     "allowed_hosts[0]: must be a host name or address without scheme or port (got 'llm.home.arpa:3002')"),
+    ("allowed_hosts: 3\nmodels: {a: a.service}", "allowed_hosts: must be a list of host names"),
+    ("cors_origins: ['*']\nmodels: {a: a.service}", "cors_origins[0]: must be an origin such as http://localhost:8080"),
+    ("cors_origins: [http://x/app]\nmodels: {a: a.service}", "cors_origins[0]: must be an origin"),
     ("models: {a: a.service, b: {unit: b.service, aliases: [a]}}", "models.b: name or alias 'a' is already used"),
     ("models: {a: x.service, b: x.service}", "models.b.unit: x.service is already used by model 'a'"),
     ("models: {}", "models: must be a mapping of at least one model"),
@@ -214,8 +227,8 @@ def test_api_keys_forms(tmp_path, monkeypatch):
           - {{key_env: LLMT_KEY}}
         {MODELS}""")
     assert [(k.secret, k.name, k.models) for k in c.api_keys] == [
-        (KEY, "kkkk…", None), ("m" * 16, "roo", frozenset({"a"})),
-        ("f" * 20, "laptop", None), ("g" * 24, "laptop", None), ("e" * 32, "eeee…", None)]
+        (KEY, "key-0", None), ("m" * 16, "roo", frozenset({"a"})),
+        ("f" * 20, "laptop", None), ("g" * 24, "laptop", None), ("e" * 32, "key-3", None)]
     assert not c.warnings
     assert KEY not in repr(c)  # a config printed by accident shows no key
 
@@ -227,6 +240,37 @@ def test_key_file_relative_to_the_config_and_readable_by_others(tmp_path):
     c = load(tmp_path / "config.yaml")
     assert c.api_keys[0].secret == KEY
     assert c.warnings == (f"api_keys[0].key_file: {tmp_path / 'api-key'} can be read by other users; chmod 600 it",)
+
+
+def test_web_settings():
+    c = parse(f"allowed_hosts: [LLM.home.arpa, '::1', 10.0.0.5]\n"
+              f"cors_origins: [http://localhost:8080/, 'HTTPS://chat.example:443', 'chrome-extension://abc']\n"
+              f"{MODELS}")
+    assert c.allowed_hosts == {"llm.home.arpa", "::1", "10.0.0.5"}
+    assert c.cors_origins == {"http://localhost:8080", "https://chat.example", "chrome-extension://abc"}
+    assert c.max_json_bytes == 16 << 20
+    assert parse(MODELS).cors_origins == frozenset() and parse(MODELS).allowed_hosts == frozenset()
+
+
+@pytest.mark.parametrize("text, mode, warned", [
+    (f"api_keys: [{KEY}]\n{MODELS}", 0o644, "api_keys[0]"),
+    (f"api_keys: [{{key: {KEY}, name: x}}]\n{MODELS}", 0o640, "api_keys[0]"),
+    (f"models: {{a: {{unit: a.service, backend_api_key: {KEY}}}}}", 0o604, "models.a.backend_api_key"),
+    (f"api_keys: [{KEY}]\n{MODELS}", 0o600, None),
+    (f"api_keys: [{{key_env: HOME}}]\n{MODELS}", 0o644, None),  # no key in the file
+])
+def test_a_key_written_in_a_readable_config_is_warned(tmp_path, monkeypatch, text, mode, warned):
+    monkeypatch.setenv("HOME", "h" * 20)
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    path.chmod(mode)
+    warnings = load(path).warnings
+    if warned is None:
+        assert warnings == ()
+    else:
+        assert warnings == (f"{warned}: a key written in this file, which other users can read (mode {mode:o}); "
+                            f"chmod 600 {path}, or move the key to a key_file",)
+        assert KEY not in warnings[0]
 
 
 def test_backend_api_key_is_kept_out_of_repr():
@@ -306,3 +350,53 @@ def test_prompt_cache_defaults_and_overrides(monkeypatch):
     assert c.prompt_cache.dir == os.path.expanduser("~/cache/slots")
     assert (c.prompt_cache.max_bytes, c.prompt_cache.min_tokens) == (2 << 30, 2000)
     assert (c.models["a"].prompt_cache, c.models["b"].prompt_cache) == (False, True)
+
+
+# -- issue 22: memory learned from llama-server, memory_budget: auto, unlisted ------------------
+
+
+def _meminfo_total() -> int:
+    with open("/proc/meminfo") as f:
+        return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemTotal:"))
+
+
+@pytest.mark.parametrize("top, budget, auto, source", [
+    ("", None, False, None),
+    ("memory_budget: 8G\n", 8 << 30, False, "config"),
+    ("memory_budget: auto\n", _meminfo_total() - (512 << 20), True, "MemTotal"),
+    ("memory_budget: auto\nmemory_reserve: 2G\n", _meminfo_total() - (2 << 30), True, "MemTotal"),
+    ("memory_budget: auto\nmemory_device: Host\nmemory_reserve: 1G\n", _meminfo_total() - (1 << 30), True, "MemTotal"),
+    ("memory_budget: auto\nmemory_device: CUDA0\n", None, True, "first memory breakdown"),
+])
+def test_memory_budget_auto_on_this_cpu_only_machine_is_memtotal_less_the_reserve(top, budget, auto, source):
+    config = parse(top + "models:\n  a: a.service\n")
+    assert (config.memory_budget, config.memory_budget_auto) == (budget, auto)
+    assert source is None and config.memory_budget_from is None or source in config.memory_budget_from
+
+
+@pytest.mark.parametrize("top, memory, expected", [
+    ("", "", (None, False)),
+    ("", "    memory: auto\n", (None, True)),
+    ("memory_budget: 8G\n", "", (None, True)),  # under a budget a model with no memory is auto
+    ("memory_budget: 8G\n", "    memory: 2G\n", (2 << 30, False)),
+])
+def test_model_memory_auto(top, memory, expected):
+    model = parse(top + "models:\n  a:\n    unit: a.service\n" + memory).models["a"]
+    assert (model.memory, model.memory_auto) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("memory_budget: lots\n", "memory_budget"),
+    ("memory_reserve: -1\n", "memory_reserve"),
+    ("memory_device: ''\n", "memory_device"),
+    ("models_x: 1\n", "unknown key"),
+])
+def test_bad_memory_keys_name_the_key(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(text + "models:\n  a: a.service\n")
+
+
+def test_unlisted_is_a_boolean():
+    assert parse("models:\n  a:\n    unit: a.service\n    unlisted: true\n").models["a"].unlisted
+    with pytest.raises(ConfigError, match="models.a.unlisted"):
+        parse("models:\n  a:\n    unit: a.service\n    unlisted: 1\n")

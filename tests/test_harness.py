@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import harness
+import pytest
+
+from support import harness
 
 
 def test_user_manager_with_journal_runs_units_and_leaves_nothing_behind(tmp_path):
@@ -45,6 +47,7 @@ def test_units_of_two_managers_do_not_share_cgroups():
         assert _alive(pid_two)
 
 
+@pytest.mark.unit
 def test_make_model_is_deterministic_per_seed(tmp_path):
     a1 = harness.make_model(tmp_path / "a1.gguf", seed=1).read_bytes()
     a2 = harness.make_model(tmp_path / "a2.gguf", seed=1).read_bytes()
@@ -53,6 +56,7 @@ def test_make_model_is_deterministic_per_seed(tmp_path):
     assert len(a1) < 2_000_000
 
 
+@pytest.mark.unit
 def test_find_llama_server_prefers_the_environment_variable(monkeypatch, tmp_path):
     fake = tmp_path / "llama-server"
     fake.write_text("#!/bin/sh\n")

@@ -7,8 +7,8 @@ from __future__ import annotations
 import openai
 import pytest
 
-import harness
-from litellm_proxy import LiteLLMProxy, litellm_venv
+from support import harness
+from support.litellm_proxy import LiteLLMProxy, litellm_venv
 
 
 @pytest.fixture(scope="module")

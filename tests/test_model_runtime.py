@@ -14,6 +14,8 @@ from llm_switch.scheduling.model import IllegalTransition, ModelRuntime, check_t
 from llm_switch.scheduling.policy import State
 from llm_switch.scheduling.ports import Parts
 
+pytestmark = pytest.mark.unit  # in-process: no systemd, no llama-server, no daemon
+
 S = State
 # the lifecycle, written out once more by hand: stopped → starting → ready → stopping → stopped,
 # failed after a failed start or stop, adoption of a running unit, a stray unit stopped, a start

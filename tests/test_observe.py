@@ -1,6 +1,7 @@
 """Seeing what the switch does: /metrics (read with prometheus_client's own parser, the values
-checked against what the test did), a model's log (`GET /logs/{model}`, `llm-switch logs`), the
-load phase from the journal in the loading progress, and the pure parsers behind them."""
+checked against what the test did; its labels bounded whatever clients send), a model's log
+(`GET /logs/{model}`, `llm-switch logs`), the load phase from the journal in the loading progress.
+The pure parts are in test_metrics_pure.py."""
 
 from __future__ import annotations
 
@@ -15,18 +16,11 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import harness
-from harness import chat_body, free_port, sse_lines
-from llm_switch.observe.metrics import usage_of
+from support import harness
+from support.harness import chat_body, free_port, post_json, sse_lines
 from llm_switch.units.journal import load_phase
-from test_progress import TIMINGS, USAGE, answer, whole_answer
-from test_ui import journaled_scripted
-
-
-@pytest.fixture(scope="module")
-def journal_manager():
-    with harness.UserManager(journal=True) as um:
-        yield um
+from support.answers import TIMINGS, USAGE, answer, whole_answer
+from support.units import journaled_scripted
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -65,7 +59,8 @@ def test_metrics_match_what_the_test_did(deploy):
     chat = "/v1/chat/completions"
     assert value(m, "llm_switch_requests_total", model="a", route=chat, status="200") == 3
     assert value(m, "llm_switch_requests_total", model="b", route=chat, status="200") == 1
-    assert value(m, "llm_switch_requests_total", model="", route="/v1/{tail}", status="404") == 1
+    # an unknown model: no model label; the route is the endpoint, never the name asked for
+    assert value(m, "llm_switch_requests_total", model="", route=chat, status="404") == 1
     assert value(m, "llm_switch_prompt_tokens_total", model="a") == 3 * USAGE["prompt_tokens"]
     assert value(m, "llm_switch_completion_tokens_total", model="a") == 3 * USAGE["completion_tokens"]
     assert value(m, "llm_switch_completion_tokens_total", model="b") == USAGE["completion_tokens"]
@@ -96,23 +91,98 @@ def test_metrics_match_what_the_test_did(deploy):
 
 
 async def test_metrics_count_requests_in_flight_and_queued(deploy):
-    a = deploy.scripted_unit("a", {"routes": {"/v1/chat/completions": {"delay": 2.0, "json": whole_answer()}}})
+    a = deploy.scripted_unit("a", {"routes": {"/v1/chat/completions": {"delay": 5.0, "json": whole_answer()}}})
     b = deploy.scripted_unit("b", {})
     daemon = deploy.up({"a": {"unit": a.unit, "url": a.url}, "b": {"unit": b.unit, "url": b.url}}, min_loaded="1m")
-    async with aiohttp.ClientSession() as http:
-        slow = asyncio.ensure_future(http.post(daemon.url + "/v1/chat/completions", json=chat_body("a")))
-        other = asyncio.ensure_future(http.post(daemon.url + "/v1/embeddings", json={"model": "b", "input": "x"}))
+
+    async def seen(what: str, **labels: str) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             m = await asyncio.to_thread(scrape, daemon.url)
-            if value(m, "llm_switch_requests_in_flight", model="a") == 1 and \
-                    value(m, "llm_switch_requests_queued", model="b") == 1:
-                break
+            if value(m, what, **labels) == 1:
+                return
             await asyncio.sleep(0.05)
-        else:
-            pytest.fail(f"never saw a in flight and b queued: {m}")
+        pytest.fail(f"never saw {what} {labels} at 1: {m}")
+
+    async with aiohttp.ClientSession() as http:
+        slow = asyncio.ensure_future(http.post(daemon.url + "/v1/chat/completions", json=chat_body("a")))
+        await seen("llm_switch_requests_in_flight", model="a")  # b only once a runs: b must wait behind it
+        other = asyncio.ensure_future(http.post(daemon.url + "/v1/embeddings", json={"model": "b", "input": "x"}))
+        await seen("llm_switch_requests_queued", model="b")
         for task in (slow, other):
             (await task).release()
+
+
+async def test_prompt_cache_transfers_are_counted(deploy, tiny_models, tmp_path):
+    """Regression: llm_switch_prompt_cache_transfers was always empty (it read counts the cache
+    did not keep). A real llama-server saves a's slot when b is asked for, and restores it after."""
+    slots = tmp_path / "slots"
+    (slots / "a").mkdir(parents=True)
+    a = deploy.llama_unit("a", tiny_models["a"], extra_args=["--slot-save-path", str(slots / "a")])
+    b = deploy.llama_unit("b", tiny_models["b"])
+    daemon = deploy.up({"a": {"unit": a.unit, "url": a.url}, "b": {"unit": b.unit, "url": b.url}},
+                       prompt_cache_dir=str(slots), prompt_cache_min_tokens=16)
+    async with aiohttp.ClientSession() as http:
+        for name in ("a", "b", "a"):
+            status, body, _ = await post_json(http, daemon.url + "/v1/chat/completions",
+                                              chat_body(name, "a prompt long enough to be saved " * 3, max_tokens=2))
+            assert status == 200, body
+    m = await asyncio.to_thread(scrape, daemon.url)
+    for action in ("save", "restore"):
+        assert value(m, "llm_switch_prompt_cache_transfers_total", model="a", action=action) == 1, action
+        assert value(m, "llm_switch_prompt_cache_seconds_total", model="a", action=action) > 0, action
+        assert value(m, "llm_switch_prompt_cache_last_tokens", model="a", action=action) >= 16, action
+    assert value(m, "llm_switch_prompt_cache_transfers_total", model="b", action="save") == 0
+
+
+ADMIN = "admin-5d0c1e9a7f2b44e1"
+LIMITED = "limited-8a2e4c6f0b1d3957"  # may use model a only
+
+
+def made_up_requests(i: int) -> list[tuple[str, str, dict, dict | None]]:
+    """(method, path, headers, JSON body) of requests whose paths, model names or keys a client
+    made up: unmatched paths with no key, with a model-limited key (403) and with the admin key,
+    paths under the model routes, unknown models, and a model the limited key may not use."""
+    admin, limited = {"Authorization": f"Bearer {ADMIN}"}, {"Authorization": f"Bearer {LIMITED}"}
+    return [("GET", f"/made-up/{i}", {}, None),
+            ("GET", f"/made-up/{i}?x={i}", limited, None),
+            ("POST", f"/admin-{i}", admin, {}),
+            ("GET", f"/logs/made-up-{i}", limited, None),
+            ("POST", f"/load/made-up-{i}", limited, None),
+            ("POST", f"/v1/made-up-{i}", limited, {"model": f"made-up-{i}"}),
+            ("POST", "/v1/chat/completions", limited, {"model": f"made-up-{i}", "messages": []}),
+            ("POST", "/v1/chat/completions", limited, {"model": "b", "messages": []}),
+            ("GET", f"/upstream/made-up-{i}/x/{i}", admin, None)]
+
+
+async def test_made_up_paths_add_no_metric_series(deploy):
+    """2000 requests on made-up paths (403s under api_keys among them) add no series to /metrics:
+    the route label is the matched route's pattern or `other`, the model one configured or none."""
+    a = deploy.scripted_unit("a", {"routes": {"*": {"json": {"ok": True}}}})
+    b = deploy.scripted_unit("b", {})
+    daemon = deploy.up({"a": {"unit": a.unit, "url": a.url}, "b": {"unit": b.unit, "url": b.url}},
+                       api_keys=[{"key": ADMIN, "name": "admin"}, {"key": LIMITED, "name": "limited", "models": ["a"]}],
+                       metrics_public=True)
+    statuses: set[int] = set()
+    limit = asyncio.Semaphore(16)
+
+    async def send(http: aiohttp.ClientSession, method: str, path: str, headers: dict, body: dict | None) -> None:
+        async with limit, http.request(method, daemon.url + path, headers=headers, json=body) as resp:
+            await resp.read()
+            statuses.add(resp.status)
+
+    async with aiohttp.ClientSession() as http:
+        await asyncio.gather(*(send(http, *r) for r in made_up_requests(0)))  # each kind's series, once
+        await asyncio.to_thread(scrape, daemon.url)  # and the scrape's own
+        before = await asyncio.to_thread(scrape, daemon.url)
+        requests = [r for i in range(1, 2000 // len(made_up_requests(0)) + 2) for r in made_up_requests(i)][:2000]
+        await asyncio.gather(*(send(http, *r) for r in requests))
+    after = await asyncio.to_thread(scrape, daemon.url)
+    assert {401, 403, 404}.issubset(statuses), statuses
+    assert set(after) == set(before), sorted(set(after) ^ set(before))
+    routes = {dict(labels)["route"] for name, labels in after if name == "llm_switch_requests_total"}
+    assert "other" in routes and not any("made-up" in r for r in routes), routes
+    assert value(after, "llm_switch_requests_total", model="", route="other", status="403") > 200
 
 
 async def test_logs_and_the_load_phase_come_from_the_journal(journal_manager, tmp_path, llama_server):
@@ -166,6 +236,7 @@ async def test_logs_and_the_load_phase_come_from_the_journal(journal_manager, tm
         d.close()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("lines,phase", [
     ([], None),
     (["main: build info"], None),
@@ -179,16 +250,3 @@ async def test_logs_and_the_load_phase_come_from_the_journal(journal_manager, tm
 ])
 def test_load_phase_from_llama_server_lines(lines, phase):
     assert load_phase(lines) == phase
-
-
-def test_usage_from_the_last_bytes_of_an_answer():
-    final = json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": USAGE,
-                        "timings": TIMINGS})
-    u = usage_of(f'data: {{"choices": []}}\n\ndata: {final}\n\ndata: [DONE]\n\n'.encode())
-    assert (u.prompt_tokens, u.completion_tokens, u.prompt_tps, u.generation_tps) == (11, 3, 500.0, 50.0)
-    assert u.headers()["X-LLM-Switch-Completion-Tokens"] == "3"
-    # usage only (an OpenAI-style backend): generation tok/s from the stream's own time
-    u = usage_of(json.dumps({"usage": {"prompt_tokens": 5, "completion_tokens": 10}}).encode(), streamed_s=2.0)
-    assert (u.prompt_tokens, u.completion_tokens, u.generation_tps, u.prompt_tps) == (5, 10, 5.0, None)
-    assert usage_of(b'data: {"choices": [{"delta": {"content": "usage"}}]}\n\n') is None
-    assert usage_of(b'{"usage": {"prompt_tokens": 5, "compl') is None  # cut off: nothing, no error

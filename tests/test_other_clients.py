@@ -14,7 +14,7 @@ import ollama
 import openai
 import pytest
 
-from harness import post_json, wait_for
+from support.harness import post_json, wait_for
 
 FIM = [arg for k, v in (("pre", 3), ("suf", 4), ("mid", 5))
        for arg in ("--override-kv", f"tokenizer.ggml.fim_{k}_token_id=int:{v}")]

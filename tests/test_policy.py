@@ -7,6 +7,8 @@ import pytest
 from llm_switch.scheduling.policy import (MIN_LOADED_FLOOR, TURNAROUND, ModelView, Plan, State, Waiter, decide,
                                           default_min_loaded, evict_for, fits)
 
+pytestmark = pytest.mark.unit
+
 G = 1 << 30
 URL = "http://127.0.0.1:3004"
 

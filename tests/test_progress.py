@@ -16,31 +16,10 @@ import anthropic
 import openai
 import pytest
 
-import harness
-from harness import chat_body, free_port, post_json, sse_lines
-from test_tool_calls import NODE_DIR, _npm_ready
-
-WORDS = ["Hello", " wor", "ld"]
-USAGE = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
-TIMINGS = {"prompt_n": 11, "prompt_ms": 22.0, "prompt_per_second": 500.0, "predicted_n": 3, "predicted_ms": 60.0,
-           "predicted_per_second": 50.0}
-
-
-def answer(model: str = "upstream-model") -> list[dict]:
-    """A backend's streamed chat completion (ids and created of its own) saying "Hello world"."""
-    base = {"id": "chatcmpl-upstream", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
-    events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": None}, "finish_reason": None}]}]
-    events += [{**base, "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]} for w in WORDS]
-    events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": USAGE,
-                   "timings": TIMINGS})
-    return events
-
-
-def whole_answer() -> dict:
-    return {"id": "chatcmpl-upstream", "object": "chat.completion", "created": 1700000000, "model": "m",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(WORDS)},
-                         "finish_reason": "stop"}], "usage": USAGE, "timings": TIMINGS}
-
+from support import harness
+from support.harness import chat_body, free_port, post_json, sse_lines
+from support.answers import WORDS, answer, whole_answer
+from support.node import NODE_DIR, npm_ready
 
 SCRIPT = {"routes": {"/v1/chat/completions": {"sse": answer(), "interval": 0.02},
                      "/v1/completions": {"sse": [{"id": "cmpl-1", "object": "text_completion", "created": 1,
@@ -100,11 +79,12 @@ async def test_comment_mode_and_other_streams_get_comment_lines_while_the_model_
     """With loading_progress: comment the client sees only SSE comments (which clients ignore):
     first that a's request must finish, then b's load; /v1/completions gets comments whatever
     the setting. An unstreamed request that waits gets its answer unchanged."""
-    daemon, _, _ = two_models(deploy, loading_progress="comment")
+    daemon, a, _ = two_models(deploy, loading_progress="comment")
     post(daemon.url + "/load/a")
     async with aiohttp.ClientSession() as http:
         busy = asyncio.ensure_future(post_json(http, daemon.url + "/v1/chat/completions", chat_body("a")))
-        await asyncio.sleep(0.5)  # a's request is in flight (its backend takes 1.5 s)
+        await harness.wait_for_async(lambda: a.records("request"), 30,  # its backend takes 1.5 s to answer
+                                     what="a's request in flight")
         async with http.post(daemon.url + "/v1/chat/completions", json=chat_body("b", stream=True)) as resp:
             assert resp.status == 200 and resp.content_type == "text/event-stream"
             lines = [line async for _, line in sse_lines(resp)]
@@ -213,7 +193,7 @@ async def test_anthropic_stream_that_waits_gets_comments_and_the_sdk_reads_it(de
 
 @pytest.mark.parametrize("pkg,mode", [("openai", "iterate"), ("openai", "final"), ("openai-v5", "iterate")])
 def test_node_openai_package_reads_progress_and_the_answer_alone(deploy, pkg, mode):
-    _npm_ready()
+    npm_ready()
     daemon, _, _ = two_models(deploy, b_loads_in=1.5)
     post(daemon.url + "/load/a")  # b has to wait: a stops, b loads
     res = subprocess.run(["node", "progress.mjs", pkg, daemon.url + "/v1", "b", mode], cwd=NODE_DIR,

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from harness import chat_body, make_model, post_json
+from support.harness import chat_body, make_model, post_json
 from llm_switch.scheduling.prompt_cache import FILE, over_budget
 
 MID = {"hidden": 256, "blocks": 4, "ffn": 704, "ctx": 4096}  # ~13 MB; ~1.2k tokens take a visible prefill
@@ -152,6 +152,7 @@ async def test_a_failed_save_or_a_short_restore_costs_only_the_cache(deploy, mid
     assert {m["model"]: m["state"] for m in daemon.get_json("/status")["models"]} == {"a": "stopped", "b": "ready"}
 
 
+@pytest.mark.unit
 def test_over_budget_picks_the_oldest_first():
     class St:
         def __init__(self, size: int, mtime: int) -> None:

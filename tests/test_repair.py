@@ -10,6 +10,8 @@ import pytest
 
 from llm_switch.repair import parse_text_call, repair_arguments, repair_completion, repair_request
 
+pytestmark = pytest.mark.unit
+
 VALID = [
     '{"a": 1}',
     '{"a":1}',

@@ -15,6 +15,8 @@ from openai._streaming import SSEDecoder
 
 from llm_switch.repair import StreamRepair, repair_arguments, repair_completion
 
+pytestmark = pytest.mark.unit
+
 # --- helpers -----------------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ import time
 
 import aiohttp
 
-from harness import UnitSampler, chat_body, post_json, wait_for
+from support.harness import UnitSampler, chat_body, post_json, wait_for
 
 M = 1 << 20
 

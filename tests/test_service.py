@@ -15,8 +15,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import free_port, http_get, wait_for
-from test_setup_support import (
+from support.factories import module_manager
+from support.harness import free_port, http_get, wait_for
+from support.setup_sh import (
     HomeManager,
     chat,
     request,
@@ -28,13 +29,7 @@ from test_setup_support import (
 SERVICE = "llm-switch.service"
 
 
-@pytest.fixture(scope="module")
-def um():
-    manager = HomeManager(journal=True)
-    try:
-        yield manager
-    finally:
-        manager.close()
+um = module_manager(HomeManager, journal=True)
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import free_port, http_get, wait_for
-from test_setup_support import (
+from support.factories import module_manager
+from support.harness import free_port, http_get, wait_for
+from support.setup_sh import (
     REAL_MODELS,
     SETUP,
     HomeManager,
@@ -34,13 +35,7 @@ from test_setup_support import (
 SERVICE = "llm-switch.service"
 
 
-@pytest.fixture(scope="module")
-def um():
-    manager = HomeManager()
-    try:
-        yield manager
-    finally:
-        manager.close()
+um = module_manager(HomeManager)
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +132,7 @@ def test_shipped_model_files_run_on_a_real_llama_server(um, installed):
     """The five model files (q8_0 KV cache, override-tensor, big contexts, sampling flags in
     LLAMA_ARGS) start llama-server for real, one at a time, bound to loopback; bge-m3 on its own
     port, the next after --backend-port."""
+    _f16_cache_where_the_wheel_cannot_run_q8_0(um)
     for name in REAL_MODELS:
         port = installed.backend_port + 1 if name == "bge-m3" else installed.backend_port
         if name == "bge-m3":
@@ -155,6 +151,22 @@ def test_shipped_model_files_run_on_a_real_llama_server(um, installed):
     pid = um.show("llama-server@bge-m3.service", "MainPID")["MainPID"]
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert b"--host" in argv and argv[argv.index(b"--host") + 1] == b"127.0.0.1"
+
+
+def _f16_cache_where_the_wheel_cannot_run_q8_0(um: HomeManager) -> None:
+    """The pinned test wheel's CPU kernel for a q8_0 KV cache uses AVX-VNNI: on a CPU without it
+    (AMD Zen 4, for one) llama-server dies of SIGILL at its first request. There the units get
+    an f16 KV cache from one more EnvironmentFile (a later file's values win); everything else in
+    the shipped model files runs as shipped."""
+    flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split()
+    if "avx_vnni" in flags:
+        return
+    override = um.conf_dir / "test-cpu-without-avx-vnni.env"
+    override.write_text("LLAMA_ARG_CACHE_TYPE_K=f16\nLLAMA_ARG_CACHE_TYPE_V=f16\n")
+    drop_in = um.unit_dir / "llama-server@.service.d"
+    drop_in.mkdir(exist_ok=True)
+    (drop_in / "test-cpu.conf").write_text(f"[Service]\nEnvironmentFile={override}\n")
+    um.daemon_reload()
 
 
 def _tcp_listeners(port: int) -> set[str]:

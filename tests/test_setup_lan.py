@@ -9,8 +9,8 @@ import sys
 import urllib.error
 import urllib.request
 
-from harness import free_port, http_get
-from test_setup_support import HomeManager, run_setup
+from support.harness import free_port, http_get
+from support.setup_sh import HomeManager, run_setup
 
 
 def _get(url: str, key: str | None = None) -> int:
@@ -38,6 +38,7 @@ def test_setup_lan_writes_a_key_and_requires_it(llama_server):
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         config = (um.conf_dir / "config.yaml").read_text()
         assert f"listen: 0.0.0.0:{port}" in config and f"key_file: '{key_file}'" in config, config
+        assert stat.S_IMODE((um.conf_dir / "config.yaml").stat().st_mode) == 0o600  # it holds api_keys
         assert key not in res.stdout + res.stderr  # told where it is, never shown
         assert "host.docker.internal" in res.stdout and "Roo Code" in res.stdout, res.stdout
         assert f"cat {key_file}" in res.stdout

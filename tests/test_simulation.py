@@ -20,6 +20,8 @@ from simulation import Behaviour, Fault, Request, VirtualLoop, Workload, World, 
 from llm_switch.config import Config, Model, PromptCacheSettings
 from llm_switch.scheduling import policy
 
+pytestmark = pytest.mark.unit  # in-process: no systemd, no llama-server, no daemon
+
 SEEDS = 10_000  # under 60 s on two slow cores
 
 

@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from llm_switch.repair.sse import Event, SSEParser, format_event
 
+pytestmark = pytest.mark.unit
+
 
 def parse_all(chunks: list[bytes]) -> list[Event]:
     p = SSEParser()

@@ -7,19 +7,16 @@ Request history is checked against a real llama-server, which answers 500 on mal
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import openai
 
-from harness import free_port
-
-NODE_DIR = Path(__file__).resolve().parent / "node"
+from support.harness import free_port
+from support.node import NODE_DIR, npm_ready
 
 
 def _tool(name: str, **props: str) -> dict:
@@ -255,18 +252,8 @@ def test_python_client_gets_valid_tool_calls_and_unchanged_text(deploy):
     assert "Zürich" not in log and "def main" not in log  # names are logged, never arguments
 
 
-def _npm_ready() -> None:
-    npm = shutil.which("npm")
-    assert npm and shutil.which("node"), "node and npm are needed for the openai npm client test"
-    if not (NODE_DIR / "node_modules" / "openai" / "package.json").exists() or \
-            not (NODE_DIR / "node_modules" / "openai-v5" / "package.json").exists():
-        res = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, capture_output=True,
-                             text=True, timeout=900)
-        assert res.returncode == 0, f"npm ci failed:\n{res.stdout}\n{res.stderr}"
-
-
 def test_node_openai_package_gets_valid_tool_calls_and_unchanged_text(deploy, tmp_path):
-    _npm_ready()
+    npm_ready()
     packages = ["openai", "openai-v5"]  # 6.x, and 5.x as Roo Code pins it
     steps = [step(c, "tools") for _ in packages for c in CASES for step in (json_step, sse_step, sse_step)]
     s = deploy.scripted_unit("tools", {"routes": {"/v1/chat/completions": steps}})

@@ -15,6 +15,8 @@ from llm_switch.http.anthropic import anthropic_error, repair_tool_uses
 from llm_switch.http.errors import error_body, in_band_error
 from llm_switch.http.multipart import FieldScanner, MalformedForm, boundary_of, field_name
 
+pytestmark = pytest.mark.unit
+
 # -- Ollama -----------------------------------------------------------------------------------
 
 

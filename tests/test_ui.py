@@ -1,5 +1,5 @@
 """The live page at /ui, in a real headless Chromium (Debian's `chromium`, driven over the
-DevTools protocol by tests/cdp.py): opened with an API key, it shows the models, follows a switch
+DevTools protocol by tests/support/cdp.py): opened with an API key, it shows the models, follows a switch
 made by another client without a reload, lists the requests with their tokens/s, streams the
 selected model's journal, and its buttons load and unload."""
 
@@ -9,36 +9,18 @@ import asyncio
 import json
 import os
 import shutil
-import sys
+import urllib.request
 
 import openai
-import pytest
 
-import harness
-from cdp import Browser
-from harness import free_port
+from support import harness
+from support.cdp import Browser
+from support.units import journaled_scripted
 
 KEY = "ui-test-key-0123456789abcdef"
 USAGE = {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
 TIMINGS = {"prompt_n": 9, "prompt_ms": 18.0, "prompt_per_second": 500.0, "predicted_n": 4, "predicted_ms": 80.0,
            "predicted_per_second": 50.0}
-
-
-@pytest.fixture(scope="module")
-def journal_manager():
-    with harness.UserManager(journal=True) as um:
-        yield um
-
-
-def journaled_scripted(d: harness.Deployment, name: str, script: dict) -> harness.Backend:
-    """A scripted backend whose output goes to the journal, saying `zz-NAME starting` first."""
-    port = free_port()
-    path = d.dir / f"{name}.script.json"
-    path.write_text(json.dumps({"model": name, **script}))
-    command = (f'echo "zz-{name} starting on port {port}"; '
-               f'exec {sys.executable} {harness.SCRIPTED_BACKEND} --port {port} --script {path}')
-    return d.command_unit(name, ["/bin/sh", "-c", command], port=port, to_journal=True,
-                          env={"PYTHONUNBUFFERED": "1"})
 
 
 def answer(text: str) -> dict:
@@ -67,7 +49,7 @@ async def test_page_follows_a_switch_made_by_another_client(journal_manager, tmp
             return reply.choices[0].message.content
 
         async with Browser() as browser:
-            await browser.goto(daemon.url + "/ui?key=" + KEY)
+            await browser.goto(daemon.url + "/ui#key=" + KEY)  # a fragment: never sent to a server
             await browser.wait_for(state_is("a", "stopped"))
             assert await browser.eval("document.querySelector('#conn').textContent") == "live"
             # the key is kept for the tab, not in the address
@@ -81,6 +63,9 @@ async def test_page_follows_a_switch_made_by_another_client(journal_manager, tmp
             await browser.wait_for("!!document.querySelector('#switches .switch[data-to=\"b\"]')")
             timeline = await browser.eval("document.querySelector('#switches').textContent")
             assert "a → b" in timeline and "ready in" in timeline, timeline
+            # style and script come from files of their own, as the page's CSP allows
+            assert await browser.eval("getComputedStyle(document.querySelector('header')).display") == "flex"
+            assert (await browser.eval("document.querySelector('#switches .bar .load').style.width")).endswith("%")
             await browser.wait_for("document.querySelectorAll('#requests tbody tr[data-model=\"b\"]').length === 1")
             row = await browser.eval("document.querySelector('#requests tbody tr[data-model=\"b\"]').textContent")
             assert "/v1/chat/completions" in row and "200" in row and "9 / 4" in row and "50.0" in row, row
@@ -110,13 +95,30 @@ async def test_page_follows_a_switch_made_by_another_client(journal_manager, tmp
 
 
 async def test_page_needs_the_key_for_its_data(deploy):
-    """Without a key the page loads (it holds no data) but its event stream is refused."""
+    """Without a key the page loads (it holds no data) but its event stream is refused; a key in
+    the query is not used; a key pasted in its field is."""
     a = deploy.scripted_unit("a", {})
     daemon = deploy.up({"a": {"unit": a.unit, "url": a.url}}, api_keys=[KEY])
-    status, body = harness.http_get(daemon.url + "/ui")
-    assert status == 200 and b"<title>llm-switch</title>" in body
+    for path, kind in (("/ui", "text/html"), ("/ui/ui.js", "text/javascript"), ("/ui/ui.css", "text/css")):
+        with urllib.request.urlopen(daemon.url + path, timeout=10) as resp:
+            assert resp.status == 200 and resp.headers["Content-Type"].startswith(kind)
+            assert resp.headers["Content-Security-Policy"] == "default-src 'self'; frame-ancestors 'none'"
+            assert resp.headers["Referrer-Policy"] == "no-referrer"
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
+            if path == "/ui":
+                page = resp.read()
+                assert b"<title>llm-switch</title>" in page and b"<script>" not in page and b"<style>" not in page
     assert harness.http_get(daemon.url + "/ui/events")[0] == 401
     assert harness.http_get(daemon.url + "/logs/a")[0] == 401
     async with Browser() as browser:
-        await browser.goto(daemon.url + "/ui")
+        await browser.goto(daemon.url + "/ui?key=" + KEY)
         await browser.wait_for("document.querySelector('#error').textContent.includes('401')")
+        assert "key=" not in await browser.eval("location.href")
+        assert "not used" in await browser.eval("document.querySelector('#notice').textContent")
+        assert await browser.eval("sessionStorage.getItem('llm-switch-key')") is None
+        await browser.eval(f"document.querySelector('#key-input').value = {json.dumps(KEY)}")
+        await browser.eval("document.querySelector('#key-form button').click()")
+        await browser.wait_for(state_is("a", "stopped"))
+        assert await browser.eval("document.querySelector('#conn').textContent") == "live"
+        assert not [m for m in browser.console if "Content Security Policy" in m or m.startswith("exception")], \
+            browser.console

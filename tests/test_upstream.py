@@ -10,7 +10,7 @@ import pytest
 
 from llm_switch.backends.upstream import BrokenOff, CannotConnect, NoAnswer, send
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.unit]
 
 
 @contextlib.asynccontextmanager

@@ -9,6 +9,8 @@ from llm_switch.scheduling.policy import State
 from llm_switch.scheduling.snapshot import ModelSnapshot, Snapshot
 from llm_switch.scheduling.waiting import what
 
+pytestmark = pytest.mark.unit  # in-process: no systemd, no llama-server, no daemon
+
 
 def _model(name: str, state: State, in_flight: int = 0, draining: bool = False,
            queue_position: int | None = None) -> ModelSnapshot:

@@ -70,9 +70,13 @@ class Forbidden(SwitchError):
 class UnknownModel(SwitchError):
     status, type, code = 404, "invalid_request_error", "model_not_found"
 
+    name = ""  # the name asked for (auth.py lists only a limited key's models for it)
+
     @classmethod
     def named(cls, name: str, known: str) -> UnknownModel:
-        return cls(f"unknown model {name!r}; this switch serves: {known}")
+        error = cls(f"unknown model {name!r}; this switch serves: {known}")
+        error.name = name
+        return error
 
 
 class RequestTooLarge(SwitchError):

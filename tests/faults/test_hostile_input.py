@@ -9,25 +9,20 @@ import re
 import socket
 
 import aiohttp
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import harness
-from harness import chat_body, post_json
+from support.factories import module_deployment
+from support.harness import chat_body, post_json
 
 DEEP = 10_000
 
 
-@pytest.fixture(scope="module")
-def echo(user_manager, llama_server, tmp_path_factory):
-    d = harness.Deployment(user_manager, tmp_path_factory.mktemp("hostile"), "hostile", llama=llama_server)
+@module_deployment("hostile")
+def echo(d):
     backend = d.scripted_unit("echo", {"routes": {"*": {"echo": True}}})
     daemon = d.up({"echo": {"unit": backend.unit, "url": backend.url}}, max_body_bytes=1 << 20)
-    try:
-        yield daemon, backend
-    finally:
-        d.close()
+    return daemon, backend
 
 
 def assert_switch_error(status: int, body, want_status: int) -> dict:

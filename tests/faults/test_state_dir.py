@@ -9,7 +9,7 @@ import subprocess
 import aiohttp
 import pytest
 
-from harness import chat_body, post_json
+from support.harness import chat_body, post_json
 
 
 def mount_in_manager(user_manager, *args: str) -> None:

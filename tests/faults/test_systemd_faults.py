@@ -1,17 +1,15 @@
-"""Nothing systemd does surprises the switch: the bus going away, units stopped or failing behind
-its back, and SIGTERM to the switch itself during a long stream."""
+"""Nothing systemd does surprises the switch: the bus going away, units stopped, killed or failing
+behind its back, and a failed unit fixed. (SIGTERM to the switch itself: test_shutdown.py.)"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-import signal
 import time
 
 import aiohttp
 
-from harness import Deployment, UserManager, chat_body, post_json, sse_lines, wait_for
+from support.harness import Deployment, UserManager, chat_body, free_port, post_json, wait_for, wait_for_async
 
 
 def model_state(daemon, name: str) -> str:
@@ -38,7 +36,7 @@ async def test_bus_restart_loses_no_request_and_signals_resume(tmp_path, llama_s
 
             async with aiohttp.ClientSession() as http:
                 requests = asyncio.create_task(client(http))
-                await asyncio.sleep(0.2)
+                await wait_for_async(lambda: results, 30, what="the first answers")  # the stream is flowing
                 await asyncio.to_thread(manager.systemctl, "restart", "dbus.service")
                 await requests
             bad = [(s, b) for s, b in results if s != 200]
@@ -101,22 +99,62 @@ async def test_unit_failing_on_every_start_backs_off(deploy):
         assert starts() == 3
 
 
-async def test_sigterm_during_a_long_stream_ends_it_with_an_error_event(deploy, user_manager):
-    slow = deploy.scripted_unit("slow", {"routes": {"/v1/chat/completions": {
-        "sse": {"repeat": {"choices": [{"index": 0, "delta": {"content": "x"}}]}, "count": 200}, "interval": 0.1}}})
-    daemon = deploy.up({"slow": {"unit": slow.unit, "url": slow.url}}, shutdown_grace="1s")
-    lines: list[str] = []
+async def test_unit_stopped_behind_the_switchs_back_is_started_again(deploy, tiny_models,
+                                                                      user_manager):
+    a = deploy.llama_unit("a", tiny_models["a"])
+    daemon = deploy.up({"a": {"unit": a.unit, "url": a.url}})
     async with aiohttp.ClientSession() as http:
-        async with http.post(daemon.url + "/v1/chat/completions", json=chat_body("slow", stream=True)) as resp:
-            assert resp.status == 200
-            async for _, line in sse_lines(resp):
-                lines.append(line)
-                if len(lines) == 3:
-                    daemon.proc.send_signal(signal.SIGTERM)
-    assert await asyncio.to_thread(daemon.proc.wait, 30) == 0
-    events = [json.loads(line.removeprefix("data: ")) for line in lines if line.startswith("data: {")]
-    assert "error" in events[-1], lines[-3:]
-    assert events[-1]["error"]["code"] == "shutting_down"
-    assert 3 <= len(events) - 1 < 200  # cut by the grace period, not finished
-    # the model's unit keeps running, for the next switch to adopt
-    assert user_manager.active_units(f"*-{deploy.tag}@*") == [slow.unit]
+        status, body, _ = await post_json(http, daemon.url + "/v1/chat/completions",
+                                          chat_body("a"))
+        assert status == 200, body
+        user_manager.systemctl("stop", a.unit)  # the user, not the switch
+        status, body, _ = await post_json(http, daemon.url + "/v1/chat/completions",
+                                          chat_body("a"))
+        assert status == 200, body
+    assert user_manager.active_units(f"*-{deploy.tag}@*") == [a.unit]
+    assert len(a.runs()) == 2
+
+
+async def test_failed_model_can_be_fixed_and_used(deploy, tiny_models, user_manager):
+    """'failed' is not sticky: after the unit is fixed, the next request starts it."""
+    server, env = deploy.llama
+    port = free_port()
+    unit = f"llama-server-{deploy.tag}@fixme.service"
+    deploy.command_unit("fixme", ["/nonexistent/llama-server"], unit=unit)
+    daemon = deploy.up({"fixme": {"unit": unit, "url": f"http://127.0.0.1:{port}"}})
+    async with aiohttp.ClientSession() as http:
+        status, body, _ = await post_json(http, daemon.url + "/v1/chat/completions",
+                                          chat_body("fixme"))
+        assert status == 502, body
+        assert model_state(daemon, "fixme") == "failed"
+        deploy.llama_unit("fixme", tiny_models["a"], port=port, unit=unit)
+        deploy.reload()
+        status, body, _ = await post_json(http, daemon.url + "/v1/chat/completions",
+                                          chat_body("fixme"))
+        assert status == 200, body
+    assert model_state(daemon, "fixme") == "ready"
+
+
+async def test_survives_the_user_bus_restarting(tmp_path, llama_server):
+    """The bus connection drops (dbus.service restarts); the switch reconnects.
+    (Its own user manager: restarting the bus is not something to do to the shared one.)"""
+    with UserManager() as manager:
+        deploy = Deployment(manager, tmp_path, "bus", llama=llama_server)
+        try:
+            a = deploy.scripted_unit("a", {"routes": {"*": {"json": {"from": "a"}}}})
+            b = deploy.scripted_unit("b", {"routes": {"*": {"json": {"from": "b"}}}})
+            daemon = deploy.up({"a": {"unit": a.unit, "url": a.url},
+                                "b": {"unit": b.unit, "url": b.url}})
+            async with aiohttp.ClientSession() as http:
+                status, body, _ = await post_json(http, daemon.url + "/v1/chat/completions",
+                                                  chat_body("a"))
+                assert (status, body) == (200, {"from": "a"})
+                manager.systemctl("restart", "dbus.service")
+                wait_for(lambda: manager.systemctl("is-active", "dbus.service", check=False)
+                         .stdout.strip() == "active", 30, what="dbus.service back")
+                status, body, _ = await post_json(http, daemon.url + "/v1/chat/completions",
+                                                  chat_body("b"))
+                assert (status, body) == (200, {"from": "b"}), daemon.log()
+            assert manager.active_units("*-bus@*") == [b.unit]
+        finally:
+            deploy.close()

@@ -1,4 +1,4 @@
-"""`llm-switch serve | check | status | load | unload | logs | litellm-config`: parse arguments, load the
+"""`llm-switch serve | check | status | load | unload | logs | litellm-config | add | remove | import`: parse arguments, load the
 config, set up logging, run."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from dataclasses import replace
 
 import uvloop
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "machine's, from the config)")
     litellm_p.add_argument("--api-key", help="the key LiteLLM sends to the switches (default: none)")
     litellm_p.add_argument("--config")
-    args = parser.parse_args(argv)
+    args = _parse(parser, sub, list(sys.argv[1:] if argv is None else argv))
 
     setup_logging(logging.DEBUG if getattr(args, "debug", False) else logging.INFO)
     if args.command == "status":
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("load", "unload", "logs"):
         from . import control
         return control.run(args)
+    if args.command in ("add", "remove", "import"):
+        return _own_models(args)
     if args.command == "litellm-config":
         from . import litellm
         return litellm.run(args)
@@ -78,6 +81,43 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e.message)
         return 1
     return 0
+
+
+def _parse(parser: argparse.ArgumentParser, sub, argv: list[str]) -> argparse.Namespace:
+    """argparse, with what follows `--` kept apart: `add ... -- LLAMA-SERVER-ARGS`."""
+    _own_models_commands(sub)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    args.llama_args = argv[cut + 1:]
+    if args.llama_args and args.command != "add":
+        parser.error("arguments after -- are for `llm-switch add` only")
+    return args
+
+
+def _own_models(args) -> int:
+    from . import add, importer
+    return (importer if args.command == "import" else add).run(args)
+
+
+def _own_models_commands(sub) -> None:
+    add_p = sub.add_parser("add", usage="llm-switch add NAME MODEL.gguf [--ctx N] [--alias A]... [--port P] "
+                                        "[-- LLAMA-SERVER-ARGS...]",
+                           help="add a GGUF file of your own as a model (models/NAME.env and config.yaml)",
+                           description="Everything after -- goes to llama-server (as its LLAMA_ARG_* "
+                                       "variable where it has one, else in LLAMA_ARGS).")
+    add_p.add_argument("name", help="the model's name (letters, digits, '.', '_', '-')")
+    add_p.add_argument("model", help="the .gguf file")
+    add_p.add_argument("--ctx", type=int, help="context size (default: the model's own)")
+    add_p.add_argument("--alias", action="append", default=[], help="another name clients may use (repeat)")
+    add_p.add_argument("--port", type=int, help="the port its llama-server listens on (default: the shared "
+                                                "backend port; a free one of its own when memory_budget is set)")
+    add_p.add_argument("--config")
+    remove_p = sub.add_parser("remove", help="undo `llm-switch add NAME` (model files you changed are kept)")
+    remove_p.add_argument("name")
+    remove_p.add_argument("--config")
+    import_p = sub.add_parser("import", help="print an llm-switch config made from a llama-swap config.yaml "
+                                             "(what cannot be carried over goes to stderr)")
+    import_p.add_argument("path", help="llama-swap's config.yaml")
 
 
 def load_config(explicit: str | None, listen: str | None = None) -> Config:

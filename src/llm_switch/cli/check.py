@@ -12,6 +12,16 @@ from ..units.systemd import Systemd
 
 async def check(config: Config) -> int:
     """One line per problem; exit status 1 when there is any."""
+    found = await problems(config)
+    for p in found:
+        print(p, file=sys.stderr)
+    if not found:
+        print(f"{config.path}: {len(config.models)} models, all units known to systemd")
+    return 1 if found else 0
+
+
+async def problems(config: Config) -> list[str]:
+    """What `llm-switch check` reports: cmd programs that cannot run, units systemd cannot load."""
     problems: list[str] = []
     systemd = Systemd()
     try:
@@ -29,8 +39,4 @@ async def check(config: Config) -> int:
         problems.append(e.message)
     finally:
         await systemd.close()
-    for p in problems:
-        print(p, file=sys.stderr)
-    if not problems:
-        print(f"{config.path}: {len(config.models)} models, all units known to systemd")
-    return 1 if problems else 0
+    return problems

@@ -55,12 +55,15 @@ def parse_keys(value: Any, names: dict[str, str], config_path: str | None = None
             raise ConfigError(f"{where}.name: must be a non-empty string")
         models = _models(entry.get("models"), names, f"{where}.models")
         source = given[0]
-        for at, secret in _secrets(entry[source], source, f"{where}.{source}", config_path, warnings):
+        found = _secrets(entry[source], source, f"{where}.{source}", config_path, warnings)
+        for j, (at, secret) in enumerate(found, 1):
             _check(secret, at)
             if secret in seen:
                 raise ConfigError(f"{at}: the same key as {seen[secret]}")
             seen[secret] = at
-            keys.append(ApiKey(secret, name.strip() if name else secret[:4] + "…", models))
+            # never named by its characters: the name goes to logs and to 403 messages
+            unnamed = f"key-{i}" if len(found) == 1 else f"key-{i}.{j}"
+            keys.append(ApiKey(secret, name.strip() if name else unnamed, models))
     return tuple(keys)
 
 
@@ -128,6 +131,25 @@ def backend_api_key(value: Any, where: str) -> str | None:
     return value.strip()
 
 
+def readable_secrets(raw: dict, path: str) -> list[str]:
+    """A warning when `path` holds a key itself (not a key_file or key_env) and other users may read it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return []
+    if not mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return []
+    entries = raw.get("api_keys")
+    entries = [entries] if isinstance(entries, (str, dict)) else entries if isinstance(entries, list) else []
+    inline = [f"api_keys[{i}]" for i, e in enumerate(entries) if isinstance(e, str) or isinstance(e, dict) and "key" in e]
+    models = raw.get("models") if isinstance(raw.get("models"), dict) else {}
+    inline += [f"models.{n}.backend_api_key" for n, m in models.items() if isinstance(m, dict) and "backend_api_key" in m]
+    if not inline:
+        return []
+    return [f"{', '.join(inline)}: a key written in this file, which other users can read (mode "
+            f"{stat.S_IMODE(mode):o}); chmod 600 {path}, or move the key to a key_file"]
+
+
 def is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -154,5 +176,7 @@ def exposure_warning(config: Config) -> str | None:
         return None
     if is_loopback(config.listen_host):
         return None
+    hosts = ", ".join(sorted(config.allowed_hosts)) or "none"
     return (f"allow_unauthenticated: true — {config.listen} serves every model and the admin routes "
-            "to anyone who can reach it, without a key")
+            "to anyone who can reach it, without a key; without keys it answers only requests whose Host "
+            f"is a loopback name, the listen address or one of allowed_hosts ({hosts})")

@@ -12,20 +12,25 @@ import yaml
 
 from ..errors import ConfigError
 from . import keys as k
+from . import memory as mem
+from . import models_dir as md
 from . import values as v
+from . import web
 from .types import (DEFAULT_BACKEND, DEFAULT_HEADER_TIMEOUT, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY,
-                    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT, DEFAULT_PROMPT_CACHE_MAX,
+                    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JSON, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT, DEFAULT_PROMPT_CACHE_MAX,
                     DEFAULT_PROMPT_CACHE_MIN_TOKENS, DEFAULT_SHUTDOWN_GRACE, LOADING_PROGRESS,
                     Config, Model, PromptCacheSettings, default_prompt_cache_dir)
 
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]*$")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$")
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.service$")
 _TOP_KEYS = {"listen", "backend", "health_timeout", "max_body_bytes", "models", "memory_budget", "min_loaded",
              "idle_unload", "max_wait", "max_queue", "preload", "shutdown_grace",
              "prompt_cache", "prompt_cache_dir", "prompt_cache_max", "prompt_cache_min_tokens", "loading_progress",
-             "api_keys", "allow_unauthenticated", "metrics_public", "max_connections", "header_timeout"}
+             "api_keys", "allow_unauthenticated", "metrics_public", "max_connections", "header_timeout",
+             "max_json_bytes", "allowed_hosts", "cors_origins",
+             "memory_device", "memory_reserve", "models_dir", "models_defaults"}
 _MODEL_KEYS = {"unit", "cmd", "url", "aliases", "health_timeout", "repair_tool_calls", "memory", "min_loaded",
-               "idle_unload", "prompt_cache", "backend_api_key", "loading_progress"}
+               "idle_unload", "prompt_cache", "backend_api_key", "loading_progress", "unlisted"}
 
 
 def find_path(explicit: str | None) -> Path:
@@ -66,30 +71,30 @@ def parse(text: str, path: str | None = None) -> Config:
     v.reject_unknown(raw, "", _TOP_KEYS)
 
     host, port = v.listen(raw.get("listen", DEFAULT_LISTEN), "listen")
-    defaults = {
-        "url": v.url(raw.get("backend", DEFAULT_BACKEND), "backend"),
-        "health_timeout": v.positive_seconds(raw.get("health_timeout", DEFAULT_HEALTH_TIMEOUT), "health_timeout"),
-        "min_loaded": v.duration(raw["min_loaded"], "min_loaded") if "min_loaded" in raw else None,
-        "idle_unload": v.optional_duration(raw.get("idle_unload", "off"), "idle_unload"),
-        "prompt_cache": v.boolean(raw.get("prompt_cache", True), "prompt_cache"),
-        "loading_progress": v.one_of(raw.get("loading_progress", "reasoning"), "loading_progress",
-                                     LOADING_PROGRESS),
-    }
-    prompt_cache = PromptCacheSettings(
-        dir=v.directory(raw["prompt_cache_dir"], "prompt_cache_dir") if "prompt_cache_dir" in raw
-        else default_prompt_cache_dir(),
-        max_bytes=v.size(raw.get("prompt_cache_max", DEFAULT_PROMPT_CACHE_MAX), "prompt_cache_max"),
-        min_tokens=v.positive_int(raw.get("prompt_cache_min_tokens", DEFAULT_PROMPT_CACHE_MIN_TOKENS),
-                                  "prompt_cache_min_tokens"))
-    budget = v.size(raw["memory_budget"], "memory_budget") if raw.get("memory_budget") is not None else None
+    defaults = _model_defaults(raw)
+    budget = (memory := mem.budget(raw))["memory_budget"]
 
+    models, names = _models(raw, defaults, budget, warnings)
+    api_keys = k.parse_keys(raw.get("api_keys"), names, path, warnings)
+    if path is not None:
+        warnings.extend(k.readable_secrets(raw, path))
+    config = Config(host, port, models, path=path, warnings=tuple(warnings), names=names, **memory,
+                    preload=_preload(raw.get("preload", []), names), prompt_cache=_prompt_cache(raw),
+                    api_keys=api_keys, **_settings(raw))
+    k.check_exposure(config)
+    return config
+
+
+def _models(raw: dict, defaults: dict[str, Any], budget: int | None,
+            warnings: list[str]) -> tuple[dict[str, Model], dict[str, str]]:
+    """The models (those of models_dir too), and every name and alias → its model's name."""
     models_raw = raw.get("models")
-    if not isinstance(models_raw, dict) or not models_raw:
+    if (not isinstance(models_raw, dict) or not models_raw) and not (models_raw is None and "models_dir" in raw):
         raise ConfigError("models: must be a mapping of at least one model name to a unit or settings")
     models: dict[str, Model] = {}
     names: dict[str, str] = {}
     units: dict[str, str] = {}
-    for name, spec in models_raw.items():
+    for name, spec in (models_raw or {}).items():
         model = _model(str(name), spec, defaults)
         for key in (model.name, *model.aliases):
             if key in names:
@@ -102,25 +107,75 @@ def parse(text: str, path: str | None = None) -> Config:
                               f"memory_budget {v.format_size(budget)}; it could never be loaded")
         units[model.unit] = model.name
         models[model.name] = model
+    _dir_models(raw, defaults, models, names, warnings)
+    return models, names
 
-    api_keys = k.parse_keys(raw.get("api_keys"), names, path, warnings)
-    config = Config(
-        host, port, models,
+
+def _settings(raw: dict) -> dict[str, Any]:
+    """The top-level settings that need no other part of the config."""
+    return dict(
         max_body_bytes=v.positive_int(raw.get("max_body_bytes", DEFAULT_MAX_BODY), "max_body_bytes"),
-        path=path, warnings=tuple(warnings), names=names, memory_budget=budget,
         max_wait=v.duration(raw.get("max_wait", DEFAULT_MAX_WAIT), "max_wait"),
         max_queue=v.positive_int(raw.get("max_queue", DEFAULT_MAX_QUEUE), "max_queue"),
-        preload=_preload(raw.get("preload", []), names),
-        prompt_cache=prompt_cache,
         shutdown_grace=v.duration(raw.get("shutdown_grace", DEFAULT_SHUTDOWN_GRACE), "shutdown_grace"),
-        api_keys=api_keys,
         allow_unauthenticated=v.boolean(raw.get("allow_unauthenticated", False), "allow_unauthenticated"),
         metrics_public=v.boolean(raw.get("metrics_public", False), "metrics_public"),
         max_connections=v.positive_int(raw.get("max_connections", DEFAULT_MAX_CONNECTIONS), "max_connections"),
         header_timeout=v.duration(raw.get("header_timeout", DEFAULT_HEADER_TIMEOUT), "header_timeout"),
+        max_json_bytes=v.positive_int(raw.get("max_json_bytes", DEFAULT_MAX_JSON), "max_json_bytes"),
+        allowed_hosts=web.allowed_hosts(raw.get("allowed_hosts")),
+        cors_origins=web.cors_origins(raw.get("cors_origins")),
     )
-    k.check_exposure(config)
-    return config
+
+
+def _dir_models(raw: dict, defaults: dict[str, Any], models: dict[str, Model], names: dict[str, str],
+                warnings: list[str]) -> None:
+    """The GGUF files of models_dir as models (config/models_dir.py); a model of models: wins."""
+    if "models_dir" not in raw:
+        return
+    directory = v.directory(raw["models_dir"], "models_dir")
+    if not os.path.isdir(directory):
+        raise ConfigError(f"models_dir: {directory} is not a directory")
+    d = md.defaults(raw.get("models_defaults"), defaults["url"])
+    found, skipped = md.scan(directory)
+    warnings += skipped
+    memory, memory_auto = mem.model_memory({"memory": d["memory"]}, "models_defaults", defaults["budget_set"])
+    same = {k: defaults[k] for k in ("health_timeout", "min_loaded", "idle_unload", "prompt_cache", "loading_progress")}
+    for i, (name, path) in enumerate(found.items()):
+        port = d["port"] + i  # one each, in file order: they may run side by side under a memory_budget
+        if name in names:
+            if names[name] != name:
+                warnings.append(f"models_dir: {path}: {name!r} is an alias of model {names[name]!r}; left out")
+            continue
+        models[name] = Model(name=name, unit=f"llm-switch-{_unit_escape(name)}.service",
+                             url=f"http://127.0.0.1:{port}", cmd=md.argv(name, path, port, d),
+                             memory=memory, memory_auto=memory_auto, **same)
+        names[name] = name
+    if not models:
+        raise ConfigError(f"models: is empty and models_dir {directory} holds no GGUF file")
+
+
+def _model_defaults(raw: dict) -> dict[str, Any]:
+    """What a model has unless it says otherwise."""
+    return {
+        "url": v.url(raw.get("backend", DEFAULT_BACKEND), "backend"),
+        "health_timeout": v.positive_seconds(raw.get("health_timeout", DEFAULT_HEALTH_TIMEOUT), "health_timeout"),
+        "min_loaded": v.duration(raw["min_loaded"], "min_loaded") if "min_loaded" in raw else None,
+        "idle_unload": v.optional_duration(raw.get("idle_unload", "off"), "idle_unload"),
+        "prompt_cache": v.boolean(raw.get("prompt_cache", True), "prompt_cache"),
+        "loading_progress": v.one_of(raw.get("loading_progress", "reasoning"), "loading_progress",
+                                     LOADING_PROGRESS),
+        "budget_set": raw.get("memory_budget") is not None,  # then a model with no memory is auto
+    }
+
+
+def _prompt_cache(raw: dict) -> PromptCacheSettings:
+    return PromptCacheSettings(
+        dir=v.directory(raw["prompt_cache_dir"], "prompt_cache_dir") if "prompt_cache_dir" in raw
+        else default_prompt_cache_dir(),
+        max_bytes=v.size(raw.get("prompt_cache_max", DEFAULT_PROMPT_CACHE_MAX), "prompt_cache_max"),
+        min_tokens=v.positive_int(raw.get("prompt_cache_min_tokens", DEFAULT_PROMPT_CACHE_MIN_TOKENS),
+                                  "prompt_cache_min_tokens"))
 
 
 def _preload(value: Any, names: dict[str, str]) -> tuple[str, ...]:
@@ -162,8 +217,7 @@ def _from_seed_format(raw: dict, warnings: list[str]) -> dict:
 
 def _model(name: str, spec: Any, defaults: dict[str, Any]) -> Model:
     key = f"models.{name}"
-    if not _MODEL_NAME.match(name):
-        raise ConfigError(f"{key}: model name must start with a letter or digit and hold no spaces")
+    _check_name(name, key)
     if isinstance(spec, str):
         spec = {"unit": spec}
     if not isinstance(spec, dict):
@@ -179,11 +233,14 @@ def _model(name: str, spec: Any, defaults: dict[str, Any]) -> Model:
     else:
         cmd = _cmd(spec["cmd"], f"{key}.cmd")
         unit = f"llm-switch-{_unit_escape(name)}.service"
+    memory, memory_auto = mem.model_memory(spec, key, defaults["budget_set"])
     aliases = spec.get("aliases", [])
     if isinstance(aliases, str):
         aliases = [aliases]
     if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
         raise ConfigError(f"{key}.aliases: must be a list of names")
+    if bad := next((a for a in aliases if not a.isprintable()), None):
+        raise ConfigError(f"{key}.aliases: {bad!r} must not hold control characters")
     return Model(
         name=name,
         unit=unit,
@@ -193,7 +250,9 @@ def _model(name: str, spec: Any, defaults: dict[str, Any]) -> Model:
         health_timeout=(v.positive_seconds(spec["health_timeout"], f"{key}.health_timeout")
                         if "health_timeout" in spec else defaults["health_timeout"]),
         repair_tool_calls=v.boolean(spec.get("repair_tool_calls", True), f"{key}.repair_tool_calls"),
-        memory=v.size(spec["memory"], f"{key}.memory") if spec.get("memory") is not None else None,
+        memory=memory,
+        memory_auto=memory_auto,
+        unlisted=v.boolean(spec.get("unlisted", False), f"{key}.unlisted"),
         min_loaded=v.duration(spec["min_loaded"], f"{key}.min_loaded") if "min_loaded" in spec
         else defaults["min_loaded"],
         idle_unload=v.optional_duration(spec["idle_unload"], f"{key}.idle_unload") if "idle_unload" in spec
@@ -204,6 +263,21 @@ def _model(name: str, spec: Any, defaults: dict[str, Any]) -> Model:
         loading_progress=v.one_of(spec["loading_progress"], f"{key}.loading_progress", LOADING_PROGRESS)
         if "loading_progress" in spec else defaults["loading_progress"],
     )
+
+
+def _check_name(name: str, key: str) -> None:
+    """Model names are checked like unit names: they name folders (the prompt cache) and log lines."""
+    if "/" in name:
+        why = "must not hold '/' (it names a folder of the prompt cache); give the name with '/' as an alias"
+    elif ".." in name:
+        why = "must not hold '..' (it names a folder of the prompt cache)"
+    elif any(not c.isprintable() for c in name):
+        why = "must not hold control characters"
+    elif not _MODEL_NAME.match(name):
+        why = "must start with a letter or digit and hold only letters, digits and . _ : @ + -"
+    else:
+        return
+    raise ConfigError(f"{key}: model name {why} (got {name!r})")
 
 
 def _cmd(value: Any, key: str) -> tuple[str, ...]:

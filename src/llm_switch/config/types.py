@@ -10,6 +10,7 @@ DEFAULT_LISTEN = "127.0.0.1:3002"
 DEFAULT_BACKEND = "http://127.0.0.1:3004"
 DEFAULT_HEALTH_TIMEOUT = 300.0
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
+DEFAULT_MAX_JSON = 16 * 1024 * 1024
 DEFAULT_MAX_WAIT = 600.0
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_PROMPT_CACHE_MAX = 20 << 30
@@ -35,6 +36,8 @@ class Model:
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
     repair_tool_calls: bool = True
     memory: int | None = None  # declared bytes; None: exclusive (runs alone)
+    memory_auto: bool = False  # `memory: auto`, or none under a budget: learned from llama-server's report
+    unlisted: bool = False  # served, but left out of /v1/models (llama-swap's `unlisted`)
     min_loaded: float | None = None  # None: 3x the last load time, at least 5 s
     idle_unload: float | None = None  # None: never unloaded for idleness
     prompt_cache: bool = True  # save the slots at stop, restore them at start (where the backend can)
@@ -57,7 +60,7 @@ class ApiKey:
     never logged or shown: `name` stands for it."""
 
     secret: str = field(repr=False)
-    name: str  # from config, else the secret's first 4 characters
+    name: str  # from config, else `key-N`, N its index in api_keys (never its characters)
     models: frozenset[str] | None = None  # model names it may use; None: all, and the admin routes
 
 
@@ -71,6 +74,10 @@ class Config:
     warnings: tuple[str, ...] = ()
     names: dict[str, str] = field(default_factory=dict)  # name or alias → model name
     memory_budget: int | None = None  # None: every model exclusive
+    memory_budget_auto: bool = False  # `memory_budget: auto`: the device's total less memory_reserve
+    memory_budget_from: str | None = None  # where the budget came from ("config", "MemTotal …")
+    memory_device: str | None = None  # the budget's device; None: the first GPU in the breakdowns, else Host
+    memory_reserve: int = 512 << 20  # kept free under an auto budget
     max_wait: float = DEFAULT_MAX_WAIT
     max_queue: int = DEFAULT_MAX_QUEUE
     preload: tuple[str, ...] = ()
@@ -81,6 +88,9 @@ class Config:
     metrics_public: bool = False  # /metrics without a key
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # client connections at once; more get a 503 at once
     header_timeout: float = DEFAULT_HEADER_TIMEOUT  # s for a request's head to arrive (and idle keep-alive)
+    max_json_bytes: int = DEFAULT_MAX_JSON  # a JSON body's limit (its parsed form takes ~25x its size)
+    allowed_hosts: frozenset[str] = frozenset()  # Host names accepted beside loopback's (http/guard.py)
+    cors_origins: frozenset[str] = frozenset()  # web origins whose pages may call the switch
 
     @property
     def listen(self) -> str:
@@ -91,7 +101,7 @@ class Config:
         model_name = self.names.get(name)
         return self.models[model_name] if model_name else None
 
-    def known(self) -> str:
-        """The served names, for messages about an unknown one."""
+    def known(self, only: frozenset[str] | None = None) -> str:
+        """The served names (those in `only`, where given), for messages about an unknown one."""
         return ", ".join(name + (f" (aliases: {', '.join(m.aliases)})" if m.aliases else "")
-                         for name, m in self.models.items())
+                         for name, m in self.models.items() if only is None or name in only)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import UnknownModel
-from ..observe import metrics, status
+from ..observe import prometheus, status
 from ..scheduling.scheduler import Scheduler
 from .keys import METRICS, SCHEDULER
 
@@ -45,7 +45,7 @@ async def unload(request: web.Request) -> web.Response:
 
 async def metrics_text(request: web.Request) -> web.Response:
     """Prometheus' text format (`metrics_public: true` opens it to scrapers without a key)."""
-    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": metrics.CONTENT_TYPE})
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": prometheus.CONTENT_TYPE})
 
 
 ROUTES = [

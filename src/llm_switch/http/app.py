@@ -5,11 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..events import EventBus
-from ..observe.metrics import Metrics, observe_requests
+from ..observe.middleware import observe_requests
+from ..observe.prometheus import Metrics
 from ..scheduling.scheduler import Scheduler
-from . import admin, anthropic, logs, native, ollama, openai, ui
+from . import admin, anthropic, json_body, logs, native, ollama, openai, ui
 from .auth import require_key
 from .errors import openai_errors
+from .guard import cors_headers, guard
 from .inflight import InFlight
 from .keys import CONFIG, INFLIGHT, METRICS, SCHEDULER
 
@@ -20,14 +22,16 @@ def build_app(events: EventBus, scheduler: Scheduler) -> web.Application:
     `scheduler.config` is the newest."""
     config = scheduler.config
     # observed outermost (it sees every answer's status), then errors: a refused key gets the same
-    # error shape as everything else
-    app = web.Application(middlewares=[observe_requests(lambda: events), openai_errors, require_key],
+    # error shape as everything else; the browser's door (guard) before the key, as preflights carry none
+    app = web.Application(middlewares=[observe_requests(lambda: events), openai_errors, guard, require_key],
                           client_max_size=config.max_body_bytes)
+    app.on_response_prepare.append(cors_headers)
     app[CONFIG] = config
     app[SCHEDULER] = scheduler
     app[INFLIGHT] = InFlight()
-    app[METRICS] = Metrics(events, lambda: app.get(SCHEDULER))
+    app[METRICS] = Metrics(events, scheduler.snapshot)
     app[logs.LIVE] = set()
+    json_body.attach(app)
     ui.attach(app, events)
     app.on_shutdown.append(logs.end_live_streams)
     app.add_routes(admin.ROUTES + logs.ROUTES + ui.ROUTES + anthropic.ROUTES + ollama.ROUTES + native.ROUTES

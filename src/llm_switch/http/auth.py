@@ -7,7 +7,8 @@
   `metrics_public: true`). Without `api_keys` in the config every route is open (the config
   allows that on loopback only, or with `allow_unauthenticated`).
 - A key with `models:` may use those models on the model routes (`/v1/*`) and nothing else: a
-  request for another model, or for an admin route, gets 403.
+  request for another model, or for an admin route, gets 403; a 404 for an unknown model names
+  only the key's models.
 - A key is never logged: the log names it by its `name`. The relay strips both headers, so a
   client's key never reaches a backend (see `relay.upstream_headers`).
 """
@@ -23,12 +24,13 @@ from aiohttp import web
 
 from ..config import Config, Model
 from ..config.types import ApiKey
-from ..errors import Forbidden, Unauthorized
+from ..errors import Forbidden, Unauthorized, UnknownModel
 from .keys import CONFIG, SCHEDULER
 
 log = logging.getLogger(__name__)
 
-OPEN = frozenset({"/health", "/ui"})  # GET/HEAD only; /ui is the page's shell, its data needs a key
+# GET/HEAD only; /ui is the page's shell (its script and style too), its data needs a key
+OPEN = frozenset({"/health", "/ui", "/ui/ui.js", "/ui/ui.css"})
 MODEL_ROUTES = ("/v1/",)  # where a key limited to some models may go; each checks the model itself
 API_KEY = web.RequestKey("api_key", ApiKey)  # the key a request came with (absent: no keys configured)
 _REFUSED_LOG_EVERY = 10.0  # s: at most one line about refused requests this often
@@ -52,7 +54,12 @@ async def require_key(request: web.Request, handler) -> web.StreamResponse:
                         f"on /v1/*; {request.path} needs a key without `models`")
     request[API_KEY] = key
     log.debug("key %s: %s %s", key.name, request.method, request.path)
-    return await handler(request)
+    if key.models is None:
+        return await handler(request)
+    try:
+        return await handler(request)
+    except UnknownModel as e:  # a key limited to some models hears of those only
+        raise UnknownModel.named(e.name, config.known(key.models)) from None
 
 
 def allow_model(request: web.Request, model: Model) -> None:

@@ -3,7 +3,7 @@
 from aiohttp import web
 
 from ..config import Config
-from ..observe.metrics import Metrics
+from ..observe.prometheus import Metrics
 from ..scheduling.scheduler import Scheduler
 from .inflight import InFlight
 

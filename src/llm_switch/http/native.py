@@ -4,8 +4,10 @@ reaches one model's own server (its /props, /slots, web UI) after switching to i
 
 from __future__ import annotations
 
+import re
 import tempfile
 from collections.abc import AsyncIterator
+from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -94,11 +96,25 @@ async def upstream(request: web.Request) -> web.StreamResponse:
     if model is None:
         raise UnknownModel.named(name, scheduler.config.known())
     check_length(request, scheduler.config)
-    path = "/" + request.match_info["tail"] + (f"?{request.query_string}" if request.query_string else "")
+    path = upstream_target(request.raw_path if request.raw_path.startswith("/") else request.rel_url.raw_path_qs)
     body = Upload(None, request, 0, scheduler.config.max_body_bytes) if request.body_exists else b""
     # the web UI's files are stored compressed: let them through as they are (the relay does not decompress)
     return await switch_and_relay(request, model, body, path=path,
                                   send_headers=_send_headers(request, keep_encoding=True))
+
+
+def upstream_target(raw: str) -> str:
+    """The target for the backend of a raw `/upstream/{model}/{path}?{query}`: byte for byte, so
+    that `%3F`, `%23`, `%2F` mean what they meant to the client; 400 for a `.` or `..` segment,
+    however encoded, which would reach another path of the backend with backend_api_key attached."""
+    target = "/" + raw.split("/", 3)[3]
+    path = target.partition("?")[0]
+    for _ in range(3):  # %252e%252e is `..` to a backend that decodes twice
+        path = unquote(path)
+    if any(segment in (".", "..") for segment in re.split(r"[/\\]", path)):
+        raise BadRequest(f"/upstream: the path {target!r} holds a `.` or `..` segment; send the path "
+                         "without them", "invalid_path")
+    return target
 
 
 async def upstream_root(request: web.Request) -> web.StreamResponse:

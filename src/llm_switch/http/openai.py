@@ -11,7 +11,7 @@ from .. import repair
 from ..errors import UnknownModel
 from ..scheduling.scheduler import Scheduler
 from . import auth
-from ..observe.metrics import observed
+from ..observe.middleware import observed
 from .keys import SCHEDULER
 from .progress import progress_for
 from .proxy import model_named, read_json, switch_and_relay
@@ -53,6 +53,7 @@ def _model_entry(scheduler: Scheduler, name: str) -> dict:
 async def list_models(request: web.Request) -> web.Response:
     scheduler = request.app[SCHEDULER]
     names = auth.visible(request, scheduler.config.models)  # a key limited to some models sees those
+    names = [n for n in names if not scheduler.config.models[n].unlisted]  # served, not listed
     return web.json_response({"object": "list", "data": [_model_entry(scheduler, n) for n in names]})
 
 

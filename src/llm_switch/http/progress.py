@@ -33,7 +33,7 @@ from ..backends.upstream import Answer
 from ..config import Model
 from ..errors import ShuttingDown, SwitchError
 from ..events import LoadProgress, StateChanged
-from ..observe.metrics import observed
+from ..observe.middleware import observed
 from ..repair.sse import Event, SSEParser, format_event
 from .errors import in_band_error
 from .keys import INFLIGHT, SCHEDULER

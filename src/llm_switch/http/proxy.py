@@ -6,7 +6,6 @@ how the answer is translated; this is the part they share."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterable, Callable
 from typing import Any
@@ -16,6 +15,7 @@ from aiohttp import web
 from ..backends.upstream import Answer
 from ..config import Config, Model
 from ..errors import BackendGone, BadRequest, ShuttingDown, UnknownModel
+from . import json_body
 from .auth import allow_model
 from .keys import INFLIGHT, SCHEDULER
 from .relay import Rewrite, relay
@@ -32,22 +32,15 @@ def check_length(request: web.Request, config: Config) -> None:
 
 
 async def read_json(request: web.Request) -> tuple[bytes, Any]:
-    """The body as bytes and as parsed JSON; 400 `invalid_json` when it is not JSON."""
-    check_length(request, request.app[SCHEDULER].config)
-    body = await request.read()
-    try:
-        return body, json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(f"request body is not valid JSON: {e}", "invalid_json") from None
-    except RecursionError:
-        raise BadRequest("request body is nested too deeply to be parsed", "invalid_json") from None
+    """The body as bytes and as parsed JSON, its memory bounded (json_body.py)."""
+    return await json_body.read_json(request, request.app[SCHEDULER].config)
 
 
 def model_named(config: Config, name: Any, where: str = "a JSON object with a string `model`") -> Model:
     """The configured model `name` names; 400 `missing_model` when it is no string, 404 when unknown."""
     if not isinstance(name, str):
-        raise BadRequest(f"request body must be {where} naming one of: " + ", ".join(config.models),
-                         "missing_model")
+        raise BadRequest(f"request body must be {where} naming a model (GET /v1/models lists those "
+                         "this key may use)", "missing_model")
     model = config.resolve(name)
     if model is None:
         raise UnknownModel.named(name, config.known())

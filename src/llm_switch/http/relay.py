@@ -12,13 +12,13 @@ from collections.abc import AsyncIterable, Callable
 from typing import NamedTuple
 
 from aiohttp import web
-from yarl import URL
 
 from .. import repair
 from ..backends.upstream import Answer, BrokenOff, CannotConnect, NoAnswer, send
 from ..config import Model
 from ..errors import BackendGone, BackendUnreachable, ShuttingDown
-from ..observe.metrics import observed, usage_of
+from ..observe.middleware import observed
+from ..observe.usage import usage_of
 from .errors import ANTHROPIC_PATHS, in_band_error
 from .keys import INFLIGHT
 
@@ -31,8 +31,9 @@ HOP_BY_HOP = frozenset({
 })
 # compression is pointless on loopback and would hide the bytes from tool-call repair
 _NOT_UPSTREAM = HOP_BY_HOP | {"accept-encoding"}
-# a client's key is for the switch alone: never sent on (see auth.py)
-_CLIENT_KEYS = frozenset({"authorization", "x-api-key"})
+# a client's key is for the switch alone: never sent on (see auth.py); nor a page's Origin, which
+# llama-server would echo in Access-Control-Allow-Origin (guard.py)
+_CLIENT_KEYS = frozenset({"authorization", "x-api-key", "origin"})
 _NOT_FORWARDED = _NOT_UPSTREAM | _CLIENT_KEYS
 
 
@@ -64,7 +65,8 @@ async def relay(request: web.Request, model: Model, body: bytes | AsyncIterable[
 
     `transform` may rewrite a successful answer on the way (tool-call repair, a translation): an
     event stream chunk by chunk, any other body whole. Without it the relay is byte-transparent.
-    `path` (with query) replaces the request's, `send_headers` the headers sent upstream.
+    `path` (with query, encoded as it goes on the wire) replaces the request's, `send_headers` the
+    headers sent upstream.
     `prepared` is an event stream already sent to the client (loading progress): the answer's
     events follow in it, and a backend's error becomes an error event."""
     obs = observed(request)
@@ -72,7 +74,7 @@ async def relay(request: web.Request, model: Model, body: bytes | AsyncIterable[
         obs.model = model.name
         if obs.wait_began is not None:
             obs.waited_s = time.monotonic() - obs.wait_began
-    target = request.rel_url.raw_path_qs if path is None else URL(path).raw_path_qs
+    target = request.rel_url.raw_path_qs if path is None else path  # as given: /upstream's is byte for byte
     headers = upstream_headers(request) if send_headers is None else send_headers
     if model.backend_api_key:
         headers = {**headers, "Authorization": f"Bearer {model.backend_api_key}"}

@@ -3,10 +3,11 @@ stream fed by the event bus: a `snapshot` first (the /status snapshot and the re
 then `models` on every state change, switch and measurement, `progress` each second of a load,
 and `request` for each model request answered.
 
-The page itself holds no data and needs no key; everything it shows comes from /ui/events,
-/logs, /load and /unload, which it calls with the key it was opened with (`/ui?key=…`, kept in
-the tab's sessionStorage, sent as `Authorization: Bearer`; fetch reads the event streams, as
-EventSource cannot send headers)."""
+The page itself (ui.html, ui.js, ui.css) holds no data and needs no key; everything it shows
+comes from /ui/events, /logs, /load and /unload, which it calls with the key it was opened with
+(`/ui#key=…`, never the query, or pasted in its key field; kept in the tab's sessionStorage,
+sent as `Authorization: Bearer`; fetch reads the event streams, as EventSource cannot send
+headers)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from ..observe import status
 from .keys import SCHEDULER
 from .logs import live
 
-PAGE = Path(__file__).with_name("static") / "ui.html"
+STATIC = Path(__file__).with_name("static")
 RECENT = web.AppKey("ui_recent_requests", deque)
 EVENTS = web.AppKey("ui_events", EventBus)
 PING = 15.0  # s between keep-alive comments
@@ -37,9 +38,19 @@ def attach(app: web.Application, events: EventBus) -> None:
     events.subscribe(RequestDone, lambda e: recent.append(e) if e.model is not None else None)
 
 
+# no inline script or style, no framing (clickjacking), no key in a Referer, no type sniffing
+SECURITY_HEADERS = {"Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+                    "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff",
+                    "Cache-Control": "no-cache"}
+ASSETS = {"/ui": ("ui.html", "text/html"), "/ui/ui.js": ("ui.js", "text/javascript"),
+          "/ui/ui.css": ("ui.css", "text/css")}
+
+
 async def page(request: web.Request) -> web.Response:
-    return web.Response(body=PAGE.read_bytes(), content_type="text/html", charset="utf-8",
-                        headers={"Cache-Control": "no-cache"})
+    """The page and its script and style sheet, each a file of its own (the CSP allows no inline code)."""
+    name, content_type = ASSETS[request.path]
+    return web.Response(body=(STATIC / name).read_bytes(), content_type=content_type, charset="utf-8",
+                        headers=SECURITY_HEADERS)
 
 
 def _sse(kind: str, data: object) -> bytes:
@@ -84,4 +95,4 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
         unsubscribe()
 
 
-ROUTES = [web.get("/ui", page), web.get("/ui/events", events_stream)]
+ROUTES = [*(web.get(path, page) for path in ASSETS), web.get("/ui/events", events_stream)]

@@ -6,6 +6,10 @@ import logging
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aiohttp.http_exceptions import HttpProcessingError
 
 # syslog priorities journald reads from a `<N>` prefix on each stdout/stderr line
 _PRIORITY = {
@@ -85,6 +89,6 @@ class QuietMalformedRequests(logging.Filter):
         return True
 
 
-def _reason(exc: BaseException) -> str:
-    message = getattr(exc, "message", None) or str(exc)
+def _reason(exc: HttpProcessingError) -> str:
+    message = exc.message or str(exc)
     return message.splitlines()[0][:200] if message else type(exc).__name__

@@ -183,74 +183,68 @@ class StreamRepair:
         finals: list[dict] = []  # then one chunk each: held arguments, finish_reason
         for choice in chunk["choices"]:
             index = choice.get("index", 0) if isinstance(choice, dict) else None
-            if not isinstance(index, int):
+            if not isinstance(index, int) or not self._choice_changed(index, choice, main, finals):
                 main.append(choice)
-                continue
-            st = self._choice(index)
-            delta = choice.get("delta")
-            delta = delta if isinstance(delta, dict) else {}
-            new_delta = {k: v for k, v in delta.items() if k not in ("content", "tool_calls")}
-            text: list[str] = []
-            entries: list[dict] = []
-            touched = False
+            else:
+                changed = True
+        return _split(chunk, main, finals) if changed else None
 
-            if "content" in delta:
-                content = delta["content"]
-                if self.tools_offered and isinstance(content, str):
-                    self._text_items(st, st.text.feed(content), text, entries)
-                    touched = "".join(text) != content or bool(entries)
-                else:
-                    new_delta["content"] = content
-            if delta.get("tool_calls") is not None:
-                touched = True
-                if isinstance(delta["tool_calls"], list):
-                    for entry in delta["tool_calls"]:
-                        if isinstance(entry, dict):
-                            self._tool_entry(st, entry, entries)
+    def _choice_changed(self, index: int, choice: dict, main: list[Any], finals: list[dict]) -> bool:
+        """Rewrite one choice into `main` (and `finals`, for what its end adds); False when it
+        goes out as it came, and nothing was added."""
+        st = self._choice(index)
+        delta = choice.get("delta")
+        delta = delta if isinstance(delta, dict) else {}
+        new_delta = {k: v for k, v in delta.items() if k not in ("content", "tool_calls")}
+        text: list[str] = []
+        entries: list[dict] = []
+        touched = False
 
-            reason = choice.get("finish_reason")
-            end_text: list[str] = []
-            end_entries: list[dict] = []
-            if reason is not None:
-                before = len(self.repaired)
-                self._finish(st, end_text, end_entries)
-                touched = touched or bool(end_text or end_entries) or len(self.repaired) != before
-                if st.extracted and reason != "tool_calls":
-                    reason, touched = "tool_calls", True
+        if "content" in delta:
+            content = delta["content"]
+            if self.tools_offered and isinstance(content, str):
+                self._text_items(st, st.text.feed(content), text, entries)
+                touched = "".join(text) != content or bool(entries)
+            else:
+                new_delta["content"] = content
+        if delta.get("tool_calls") is not None:
+            touched = True
+            if isinstance(delta["tool_calls"], list):
+                for entry in delta["tool_calls"]:
+                    if isinstance(entry, dict):
+                        self._tool_entry(st, entry, entries)
 
-            if not touched:
-                main.append(choice)
-                continue
-            changed = True
-            if text:
-                new_delta["content"] = "".join(text)
-            if entries:
-                new_delta["tool_calls"] = entries
-            rest = {k: v for k, v in choice.items() if k not in ("index", "delta", "finish_reason")}
-            says = bool(new_delta) or any(v is not None for v in rest.values())
-            if end_text or end_entries:
-                if says:
-                    main.append({"index": index, "delta": new_delta, **rest, "finish_reason": None})
-                end_delta: dict[str, Any] = {}
-                if end_text:
-                    end_delta["content"] = "".join(end_text)
-                if end_entries:
-                    end_delta["tool_calls"] = end_entries
-                finals.append({"index": index, "delta": end_delta, "finish_reason": None})
-                finals.append({"index": index, "delta": {}, "finish_reason": reason})
-            elif says or reason is not None:
-                main.append({"index": index, "delta": new_delta, **rest, "finish_reason": reason})
+        reason = choice.get("finish_reason")
+        end_text: list[str] = []
+        end_entries: list[dict] = []
+        if reason is not None:
+            before = len(self.repaired)
+            self._finish(st, end_text, end_entries)
+            touched = touched or bool(end_text or end_entries) or len(self.repaired) != before
+            if st.extracted and reason != "tool_calls":
+                reason, touched = "tool_calls", True
 
-        if not changed:
-            return None
-        top = {k: v for k, v in chunk.items() if k != "choices"}
-        base = {k: v for k, v in top.items() if k not in ("usage", "timings")}
-        groups = ([main] if main else []) + [[c] for c in finals]
-        if not groups:
-            return [{**top, "choices": []}] if len(top) != len(base) else []
-        out = [{**base, "choices": g} for g in groups]
-        out[-1] = {**top, "choices": groups[-1]}  # usage and timings ride on the last one
-        return out
+        if not touched:
+            return False
+        if text:
+            new_delta["content"] = "".join(text)
+        if entries:
+            new_delta["tool_calls"] = entries
+        rest = {k: v for k, v in choice.items() if k not in ("index", "delta", "finish_reason")}
+        says = bool(new_delta) or any(v is not None for v in rest.values())
+        if end_text or end_entries:
+            if says:
+                main.append({"index": index, "delta": new_delta, **rest, "finish_reason": None})
+            end_delta: dict[str, Any] = {}
+            if end_text:
+                end_delta["content"] = "".join(end_text)
+            if end_entries:
+                end_delta["tool_calls"] = end_entries
+            finals.append({"index": index, "delta": end_delta, "finish_reason": None})
+            finals.append({"index": index, "delta": {}, "finish_reason": reason})
+        elif says or reason is not None:
+            main.append({"index": index, "delta": new_delta, **rest, "finish_reason": reason})
+        return True
 
     # -- tool calls
 
@@ -363,6 +357,19 @@ class StreamRepair:
                 chunk = {**self._template, "choices": [{"index": index, "delta": delta, "finish_reason": None}]}
                 out.append(format_event(_dumps_compact(chunk), self._eol))
         return b"".join(out)
+
+
+def _split(chunk: dict, main: list[Any], finals: list[dict]) -> list[dict]:
+    """The chunks that carry `main`'s choices, then each of `finals` alone; usage and timings
+    ride on the last one."""
+    top = {k: v for k, v in chunk.items() if k != "choices"}
+    base = {k: v for k, v in top.items() if k not in ("usage", "timings")}
+    groups = ([main] if main else []) + [[c] for c in finals]
+    if not groups:
+        return [{**top, "choices": []}] if len(top) != len(base) else []
+    out = [{**base, "choices": g} for g in groups]
+    out[-1] = {**top, "choices": groups[-1]}
+    return out
 
 
 def _dumps_compact(obj: Any) -> str:

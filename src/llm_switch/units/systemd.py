@@ -245,6 +245,10 @@ class Systemd:
         except UnitNotFound:
             pass
 
+    async def reload(self, unit: str) -> None:
+        """ReloadUnit and wait for its job (for the switch's own unit: its ExecReload sends SIGHUP)."""
+        await self._job(unit, "reload", "ReloadUnit", "ss", [unit, "replace"])
+
     async def start_transient(self, unit: str, argv: tuple[str, ...], description: str) -> None:
         """Run argv as a transient service. Type=exec: the start job fails when the program cannot be
         executed; inactive-or-failed units are collected so the name can be used again."""

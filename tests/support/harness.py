@@ -1,6 +1,7 @@
 """Real parts for tests and benchmarks: a private ``systemd --user``, llama-server, tiny GGUFs.
 
-No pytest in here: ``bench/`` scripts import this module too (``sys.path.insert(0, "tests")``).
+No pytest in here: ``bench/`` scripts import this module too (``tests`` on ``sys.path``, then
+``from support import harness``).
 Everything fails loudly with :class:`HarnessError`; nothing skips.
 
 - :func:`free_port`, :func:`find_llama_server`, :func:`make_model`
@@ -15,6 +16,7 @@ See docs/testing.md for why each part looks the way it does.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -60,6 +62,28 @@ def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "con
         if time.monotonic() > deadline:
             raise HarnessError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+async def wait_for_async(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    """:func:`wait_for` for async tests: the event loop (and the test's own tasks) runs between polls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise HarnessError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def accept_queue(port: int) -> int:
+    """Connections to the TCP listener on ``port`` that the kernel holds and its server has not
+    accepted yet (the listener's Recv-Q in /proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+            return int(fields[4].split(":")[1], 16)
+    raise HarnessError(f"nothing listens on TCP port {port} (IPv4)")
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -110,7 +134,7 @@ def find_llama_server() -> tuple[str, dict[str, str]]:
 # --------------------------------------------------------------------------- tiny GGUF models
 
 # one GGUF recipe for the demo (setup.sh --demo), the tests and the bench
-sys.path.insert(0, str(HERE.parent / "deploy"))
+sys.path.insert(0, str(HERE.parents[1] / "deploy"))
 from make_demo_models import make_model  # noqa: E402,F401  (part of this module's API)
 
 
@@ -204,7 +228,7 @@ def scripted_unit_text(
     events_path: str | os.PathLike | None = None,
     python: str = sys.executable,
 ) -> str:
-    """A unit running tests/scripted_backend.py with ``script_path`` on 127.0.0.1:``port``."""
+    """A unit running tests/support/scripted_backend.py with ``script_path`` on 127.0.0.1:``port``."""
     argv = [python, str(SCRIPTED_BACKEND), "--port", str(port), "--script", str(script_path)]
     if record_path:
         argv += ["--record", str(record_path)]
@@ -707,7 +731,7 @@ class Deployment:
 
     def scripted_unit(self, name: str, script: dict, *, port: int | None = None,
                       unit: str | None = None) -> Backend:
-        """A tests/scripted_backend.py unit playing ``script`` (its "model" defaults to name)."""
+        """A tests/support/scripted_backend.py unit playing ``script`` (its "model" defaults to name)."""
         unit = self._unit("scripted", name, unit)
         port = port or free_port()
         script = {"model": name, **script}

@@ -2,7 +2,7 @@
 
 Run it like a llama-server (and so as a unit's ExecStart)::
 
-    python tests/scripted_backend.py --port N --script FILE.json [--record FILE.jsonl]
+    python tests/support/scripted_backend.py --port N --script FILE.json [--record FILE.jsonl]
 
 It binds 127.0.0.1 only. Script format (JSON; every key optional)::
 
@@ -44,7 +44,8 @@ them; GET /props (the switch asks it for the prompt cache) answers 404, unrecord
 
     {"event": "start", "pid": 123, "port": N, "t": unix}           # process started
     {"event": "request", "n": 1, "method": "POST", "path": "/v1/chat/completions",
-     "query": "", "headers": {...}, "body": <parsed JSON or text>, "t": unix}
+     "raw": "/v1/chat/completions" (the target as sent), "query": "", "headers": {...},
+     "body": <parsed JSON or text>, "t": unix}
     {"event": "chunk", "n": 1, "i": 0, "t": unix}                  # SSE chunk i was written
     {"event": "complete", "n": 1, "t": unix}                       # response fully written
     {"event": "disconnect", "n": 1, "i": 3, "t": unix}            # client went away mid-response
@@ -168,7 +169,7 @@ class Backend:
             body: Any = json.loads(raw) if raw else None
         except ValueError:
             body = raw.decode(errors="replace")
-        self.record("request", n=n, method=request.method, path=path,
+        self.record("request", n=n, method=request.method, path=path, raw=request.raw_path,
                     query=request.query_string, headers=dict(request.headers), body=body)
         step = self._step(path)
         if step is None:

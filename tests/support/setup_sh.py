@@ -1,4 +1,4 @@
-"""Helpers for test_setup.py and test_service.py (this module holds no tests).
+"""Helpers for the tests of setup.sh (test_setup.py, test_setup_lan.py, test_service.py).
 
 setup.sh runs as a new user would run it: against a real ``systemd --user`` (harness.UserManager)
 whose HOME is a fresh temporary directory, so ``%h`` in the units, ``~/.local/share`` and
@@ -20,9 +20,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import harness
+from . import harness
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SETUP = REPO / "setup.sh"
 MODEL_TEMPLATES = REPO / "deploy" / "models"
 REAL_MODELS = ("qwen3-coder-flash", "qwen3-coder-next", "qwen3-thinking", "qwen3-thinking-next",

@@ -18,8 +18,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-import harness
-from harness import chat_body, post_json
+from support import harness
+from support.factories import module_deployment
+from support.harness import chat_body, post_json
 
 KEY = "conn-test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -28,17 +29,13 @@ EVENT = {"x": "a" * 16000}  # ~16 KB per SSE event
 EVENTS = 4096  # ~64 MiB in all
 
 
-@pytest.fixture(scope="module")
-def bounded(user_manager, llama_server, tmp_path_factory):
-    d = harness.Deployment(user_manager, tmp_path_factory.mktemp("conn"), "conn", llama=llama_server)
+@module_deployment("conn")
+def bounded(d):
     s = d.scripted_unit("s", {"routes": {
         "/v1/chat/completions": {"sse": {"repeat": EVENT, "count": EVENTS}},
         "/v1/completions": {"json": {"ok": True}}}})
     daemon = d.up({"s": {"unit": s.unit, "url": s.url}}, api_keys=[KEY], header_timeout=HEADER_TIMEOUT)
-    try:
-        yield daemon, s
-    finally:
-        d.close()
+    return daemon, s
 
 
 def _addr(daemon) -> tuple[str, int]:
@@ -46,11 +43,13 @@ def _addr(daemon) -> tuple[str, int]:
     return host, int(port)
 
 
-async def _slow_head(host: str, port: int, stop: asyncio.Event) -> tuple[float, float | None]:
-    """A slowloris client: a request head one byte every 0.5 s. (opened at, closed by the server at)"""
+async def _slow_head(host: str, port: int, stop: asyncio.Event, heads: list) -> tuple[float, float | None]:
+    """A slowloris client: a request head one byte every 0.5 s (counted in `heads` once begun).
+    (opened at, closed by the server at)"""
     reader, writer = await asyncio.open_connection(host, port)
     opened = time.monotonic()
-    writer.write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    writer.write(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+    heads.append(opened)
 
     async def trickle():
         while not stop.is_set():
@@ -79,9 +78,10 @@ async def test_slow_headers_do_not_slow_normal_requests_and_are_cut(bounded):
     async with aiohttp.ClientSession() as http:
         status, _, _ = await post_json(http, daemon.url + "/v1/completions", {"model": "s"}, headers=AUTH)
         assert status == 200  # the model is up before timing starts
-        stop = asyncio.Event()
-        slow = [asyncio.create_task(_slow_head(host, port, stop)) for _ in range(200)]
-        await asyncio.sleep(0.5)  # all 200 are open and trickling
+        stop, heads = asyncio.Event(), []
+        slow = [asyncio.create_task(_slow_head(host, port, stop, heads)) for _ in range(200)]
+        await harness.wait_for_async(lambda: len(heads) == 200 and harness.accept_queue(port) == 0, 30,
+                                     what="all 200 slow heads begun and accepted by the switch")
         times = []
         for i in range(40):
             t0 = time.monotonic()
@@ -112,9 +112,9 @@ def _raw(daemon, data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("what, head", [
-    ("a 10 KB header", b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10_000 + b"\r\n\r\n"),
-    ("a 9 KB request line", b"GET /health?" + b"a" * 9_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"),
-    ("100 headers", b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(100))
+    ("a 10 KB header", b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 10_000 + b"\r\n\r\n"),
+    ("a 9 KB request line", b"GET /health?" + b"a" * 9_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+    ("100 headers", b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(100))
      + b"\r\n"),
 ])
 def test_oversized_heads_are_refused(bounded, what, head):
@@ -125,7 +125,7 @@ def test_oversized_heads_are_refused(bounded, what, head):
 
 def test_large_but_allowed_heads_pass(bounded):
     daemon, _ = bounded
-    head = (b"GET /status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() + b"\r\nX-Big: "
+    head = (b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + KEY.encode() + b"\r\nX-Big: "
             + b"a" * 8000 + b"\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(50)) + b"Connection: close\r\n\r\n")
     assert _raw(daemon, head).startswith(b"HTTP/1.1 200")
 
@@ -134,7 +134,7 @@ def test_connections_past_max_connections_are_refused_at_once(deploy):
     daemon = deploy.up({"a": "a.service"}, max_connections=20)
     held = [socket.create_connection(_addr(daemon), timeout=10) for _ in range(20)]
     try:
-        time.sleep(0.3)  # all accepted
+        harness.wait_for(lambda: harness.accept_queue(_addr(daemon)[1]) == 0, 10, what="all 20 accepted")
         t0 = time.monotonic()
         answer = _raw(daemon, b"")
         took = time.monotonic() - t0
@@ -174,7 +174,7 @@ async def test_a_slow_reader_does_not_grow_the_switchs_memory(bounded):
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(_addr(daemon))
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
     read, peak = 0, base
     try:

@@ -14,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-import harness
+from . import harness
 
 # 1.103 and newer need a certifi release that PyPI mirrors may not have yet; 1.107.0 was a
 # compromised release (withdrawn). Pinned, so that a new release never changes the tests.
