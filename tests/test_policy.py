@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from llm_switch.scheduling.any_of import choose
 from llm_switch.scheduling.policy import (MIN_LOADED_FLOOR, TURNAROUND, ModelView, Plan, State, Waiter, decide,
                                           default_min_loaded, evict_for, fits)
 
@@ -134,3 +135,70 @@ def test_idle_unload(model, now, unload, wake_at):
 @pytest.mark.parametrize("load_s, expected", [(None, MIN_LOADED_FLOOR), (0.2, MIN_LOADED_FLOOR), (4.0, 12.0)])
 def test_default_min_loaded(load_s, expected):
     assert default_min_loaded(load_s) == expected
+
+
+# pin, priority and a start nobody waits for (issue 20)
+
+def waiter(model: str, since: float, priority: int = 0) -> Waiter:
+    return Waiter(model, since, priority)
+
+
+@pytest.mark.parametrize("target, running, budget, expected", [
+    # the pinned embedding model stays, though least recently used
+    (m("thinker", memory=6.5), [m("embed", State.READY, memory=1.2, last_used=0, pin=True),
+                                m("coder", State.READY, memory=6.5, last_used=5)], 8 * G, ["coder"]),
+    # exclusive target: every other model goes, except the pinned one
+    (m("x"), [m("embed", State.READY, memory=1.2, pin=True), m("y", State.READY, last_used=1)], None, ["y"]),
+], ids=["pinned-stays", "pinned-stays-exclusive"])
+def test_evict_for_keeps_pinned(target, running, budget, expected):
+    assert names(evict_for(target, running, budget)) == expected
+
+
+@pytest.mark.parametrize("models, queue, now, start, stop, hold, abandon", [
+    # higher priority goes first, though it came later
+    ([m("a"), m("b", priority=1)], [waiter("a", 1.0), waiter("b", 2.0, 1)], 3.0, "b", (), set(), ()),
+    # same priority: the oldest first
+    ([m("a", priority=1), m("b", priority=1)], [waiter("b", 1.0, 1), waiter("a", 2.0, 1)], 3.0, "b", (), set(), ()),
+    # a high-priority request ends a busy low model's window at once: it drains and goes
+    ([ready("low", in_flight=1), m("high", priority=1)], [waiter("high", 2.0, 1)], 3.0,
+     "high", ("low",), {"low"}, ()),
+    # an equal priority still waits for the window
+    ([ready("low", in_flight=1, priority=1), m("high", priority=1)], [waiter("high", 2.0, 1)], 3.0,
+     None, (), set(), ()),
+    # a lower priority waits for the window of a higher model
+    ([ready("high", in_flight=1, priority=2), m("low")], [waiter("low", 2.0)], 3.0, None, (), set(), ()),
+    # a start nobody waits for gives way to a waiting request that needs its memory
+    ([m("a", State.STARTING), m("b")], [waiter("b", 2.0)], 3.0, None, (), set(), ("a",)),
+    # ... not while a request still waits for it
+    ([m("a", State.STARTING, waiting=1), m("b")], [waiter("a", 1.0), waiter("b", 2.0)], 3.0, None, (), set(), ()),
+    # ... not a pinned one: the waiting one starts beside it (the config makes sure it fits)
+    ([m("a", State.STARTING, pin=True, memory=1), m("b", memory=6)], [waiter("b", 2.0)], 3.0, "b", (), set(), ()),
+    # ... not when the waiting one fits beside it: that one just starts next
+    ([m("a", State.STARTING, memory=1), m("b", memory=1)], [waiter("b", 2.0)], 3.0, "b", (), set(), ()),
+], ids=["priority-first", "priority-tie-oldest", "priority-ends-window", "equal-priority-waits",
+        "lower-priority-waits", "abandon", "still-waited-for", "pinned-not-abandoned", "fits-beside"])
+def test_decide_priority_and_abandon(models, queue, now, start, stop, hold, abandon):
+    p = decide({v.name: v for v in models}, queue, 8 * G if any(v.memory for v in models) else None, now)
+    assert (p.start, p.stop, set(p.hold), p.abandon) == (start, stop, hold, abandon)
+    assert p.give_way_to == (queue[-1].model if abandon else None)
+
+
+def test_pinned_is_never_unloaded_for_idleness():
+    assert plan([ready("a", idle_unload=60.0, last_used=10.0, pin=True)], [], 500.0).unload == ()
+
+
+@pytest.mark.parametrize("members, models, budget, expected", [
+    # the first ready member, wherever listed
+    (["big", "coder"], [m("big"), ready("coder")], None, "coder"),
+    (["big", "coder"], [ready("big"), ready("coder")], None, "big"),
+    # else the one starting
+    (["big", "coder"], [m("big"), m("coder", State.STARTING)], None, "coder"),
+    # else the first that fits beside the running ones without stopping any
+    (["big", "coder"], [m("big", memory=6), m("coder", memory=2), ready("assist", memory=5)], 8 * G, "coder"),
+    # else the first listed
+    (["big", "coder"], [m("big", memory=6), m("coder", memory=4), ready("assist", memory=5)], 8 * G, "big"),
+    # a draining model is not chosen for being ready
+    (["big", "coder"], [ready("big", draining=True), m("coder")], None, "big"),
+], ids=["ready", "first-ready", "starting", "fits-beside", "first-listed", "draining"])
+def test_any_of_choose(members, models, budget, expected):
+    assert choose(members, {v.name: v for v in models}, budget) == expected

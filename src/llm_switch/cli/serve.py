@@ -115,7 +115,7 @@ class Server:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload(scheduler), "reload"))
-            if self.config.preload:
+            if self.config.preload or self.config.pinned:
                 self._spawn(self._preload(scheduler), "preload")
             await self._stop.wait()
             log.info("stopping; requests in flight get up to %g s (shutdown_grace); units are left as they are",
@@ -143,10 +143,11 @@ class Server:
                 await task
 
     async def _preload(self, scheduler: Scheduler) -> None:
-        for name in self.config.preload:
+        """The pinned models, then those of `preload`: started once the switch listens."""
+        for name in dict.fromkeys(self.config.pinned + self.config.preload):
             try:
                 await scheduler.load(name)
-                log.info("%s: preloaded", name)
+                log.info("%s: %s", name, "pinned: started" if name in self.config.pinned else "preloaded")
             except SwitchError as e:
                 log.error("%s: preload failed: %s", name, e.message)
 

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from . import groups as g
 from . import keys as k
 from . import memory as mem
 from . import models_dir as md
@@ -30,7 +31,7 @@ _TOP_KEYS = {"listen", "backend", "health_timeout", "max_body_bytes", "models", 
              "max_json_bytes", "allowed_hosts", "cors_origins",
              "memory_device", "memory_reserve", "models_dir", "models_defaults"}
 _MODEL_KEYS = {"unit", "cmd", "url", "aliases", "health_timeout", "repair_tool_calls", "memory", "min_loaded",
-               "idle_unload", "prompt_cache", "backend_api_key", "loading_progress", "unlisted"}
+               "idle_unload", "prompt_cache", "backend_api_key", "loading_progress", "unlisted", "pin", "priority"}
 
 
 def find_path(explicit: str | None) -> Path:
@@ -74,13 +75,18 @@ def parse(text: str, path: str | None = None) -> Config:
     defaults = _model_defaults(raw)
     budget = (memory := mem.budget(raw))["memory_budget"]
 
+    groups_raw: dict[str, dict] = {}
+    if "models" in raw:
+        raw["models"], groups_raw = g.split(raw["models"])
     models, names = _models(raw, defaults, budget, warnings)
+    g.check_pins(models, budget)
+    any_of, any_of_names = g.parse(groups_raw, names)
     api_keys = k.parse_keys(raw.get("api_keys"), names, path, warnings)
     if path is not None:
         warnings.extend(k.readable_secrets(raw, path))
     config = Config(host, port, models, path=path, warnings=tuple(warnings), names=names, **memory,
                     preload=_preload(raw.get("preload", []), names), prompt_cache=_prompt_cache(raw),
-                    api_keys=api_keys, **_settings(raw))
+                    api_keys=api_keys, any_of=any_of, any_of_names=any_of_names, **_settings(raw))
     k.check_exposure(config)
     return config
 
@@ -262,7 +268,15 @@ def _model(name: str, spec: Any, defaults: dict[str, Any]) -> Model:
         backend_api_key=k.backend_api_key(spec.get("backend_api_key"), f"{key}.backend_api_key"),
         loading_progress=v.one_of(spec["loading_progress"], f"{key}.loading_progress", LOADING_PROGRESS)
         if "loading_progress" in spec else defaults["loading_progress"],
+        pin=v.boolean(spec.get("pin", False), f"{key}.pin"),
+        priority=_priority(spec.get("priority", 0), f"{key}.priority"),
     )
+
+
+def _priority(value: Any, key: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{key}: must be an integer, higher goes first (got {value!r})")
+    return value
 
 
 def _check_name(name: str, key: str) -> None:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .groups import AnyOf
 
 DEFAULT_LISTEN = "127.0.0.1:3002"
 DEFAULT_BACKEND = "http://127.0.0.1:3004"
@@ -43,6 +47,8 @@ class Model:
     prompt_cache: bool = True  # save the slots at stop, restore them at start (where the backend can)
     loading_progress: str = "reasoning"  # one of LOADING_PROGRESS (http/progress.py)
     backend_api_key: str | None = field(default=None, repr=False)  # sent as Bearer to a llama-server --api-key
+    pin: bool = False  # started with the switch, never evicted nor unloaded for idleness
+    priority: int = 0  # waiting models of higher priority go first
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,8 @@ class Config:
     max_json_bytes: int = DEFAULT_MAX_JSON  # a JSON body's limit (its parsed form takes ~25x its size)
     allowed_hosts: frozenset[str] = frozenset()  # Host names accepted beside loopback's (http/guard.py)
     cors_origins: frozenset[str] = frozenset()  # web origins whose pages may call the switch
+    any_of: dict[str, AnyOf] = field(default_factory=dict)  # virtual models (config/groups.py)
+    any_of_names: dict[str, str] = field(default_factory=dict)  # name or alias → virtual model's name
 
     @property
     def listen(self) -> str:
@@ -100,6 +108,15 @@ class Config:
     def resolve(self, name: str) -> Model | None:
         model_name = self.names.get(name)
         return self.models[model_name] if model_name else None
+
+    def group(self, name: str) -> AnyOf | None:
+        """The virtual model (`any_of`) `name` or its alias names, if any."""
+        group_name = self.any_of_names.get(name)
+        return self.any_of[group_name] if group_name else None
+
+    @property
+    def pinned(self) -> tuple[str, ...]:
+        return tuple(name for name, m in self.models.items() if m.pin)
 
     def known(self, only: frozenset[str] | None = None) -> str:
         """The served names (those in `only`, where given), for messages about an unknown one."""

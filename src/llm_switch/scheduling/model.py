@@ -114,7 +114,7 @@ class ModelRuntime:
             name=self.name, url=self.model.url, memory=self.model.memory, state=self.state,
             in_flight=self.in_flight, waiting=self.waiting, draining=self.draining, last_used=self.last_used,
             ready_at=self.ready_at, idle_since=self.idle_since, min_loaded=self.min_loaded,
-            idle_unload=self.model.idle_unload)
+            idle_unload=self.model.idle_unload, pin=self.model.pin, priority=self.model.priority)
 
     def snapshot(self, queue_position: int | None, cache: CacheSnapshot | None, now: float) -> ModelSnapshot:
         wait = self.retry_at - now
@@ -124,7 +124,7 @@ class ModelRuntime:
             in_flight=self.in_flight, waiting=self.waiting, draining=self.draining, queue_position=queue_position,
             load_s=self.load_s, failures=self.failures, retry_in_s=wait if wait > 0 else None,
             ready_at=self.ready_at, idle_since=self.idle_since, idle_unload=self.model.idle_unload,
-            measured=self.memory, prompt_cache=cache)
+            measured=self.memory, prompt_cache=cache, pin=self.model.pin, priority=self.model.priority)
 
     @property
     def min_loaded(self) -> float:

@@ -13,6 +13,10 @@ carries out the `Plan` it gets back. The rules, with worked examples, are in doc
 - An idle model (nothing in flight, nothing waiting) is swapped out at once for a request that
   arrived while it was idle. One that just finished a request which a waiting switch sat behind
   is held for `TURNAROUND`, so the client that keeps it busy can send its next request.
+- A pinned model is never stopped to make room, nor unloaded for idleness.
+- Waiting models of higher `priority` go first; a waiting request of higher priority ends a
+  lower-priority model's min_loaded window at once.
+- A start that no request waits for any more gives way to a waiting request that needs its memory.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ class ModelView:
     idle_since: float | None = None  # None while requests are in flight
     min_loaded: float = MIN_LOADED_FLOOR
     idle_unload: float | None = None
+    pin: bool = False           # never evicted, never unloaded for idleness
+    priority: int = 0           # higher goes first
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,7 @@ class Waiter:
 
     model: str
     since: float
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,8 @@ class Plan:
     start: str | None = None             # the next model to start ...
     stop: tuple[str, ...] = ()           # ... once these have drained and stopped
     unload: tuple[str, ...] = ()         # idle past their idle_unload: stop them
+    abandon: tuple[str, ...] = ()        # starts no request waits for, in the way of a waiting one
+    give_way_to: str | None = None       # ... the model whose request waits for their memory
     wake_at: float | None = None         # decide again then, if nothing happens before
 
 
@@ -97,8 +106,9 @@ def _recency(m: ModelView) -> tuple[bool, float]:
 
 
 def evict_for(target: ModelView, running: Sequence[ModelView], budget: int | None) -> list[ModelView]:
-    """The running models that must stop before `target` can start, least recently used first."""
-    others = sorted((m for m in running if m.name != target.name), key=_recency)
+    """The running models that must stop before `target` can start, least recently used first.
+    Pinned models stay: the config allows no model that could not fit beside them."""
+    others = sorted((m for m in running if m.name != target.name and not m.pin), key=_recency)
     if budget is None or target.memory is None:
         return others
     evict = [m for m in others if m.memory is None or m.url == target.url]
@@ -117,15 +127,26 @@ def evict_for(target: ModelView, running: Sequence[ModelView], budget: int | Non
     return sorted(evict + dropped, key=_recency)
 
 
-def _releasable(m: ModelView, waiter_since: float, now: float) -> bool:
-    """Whether `m` may be stopped now for a request that has waited since `waiter_since`."""
+def _window_over(m: ModelView, w: Waiter, now: float) -> bool:
+    """Whether `m`'s min_loaded window no longer protects it from `w`: it ran out, or `w` has the
+    higher priority."""
+    return now - m.ready_at >= m.min_loaded or w.priority > m.priority
+
+
+def _releasable(m: ModelView, w: Waiter, now: float) -> bool:
+    """Whether `m` may be stopped now for the request `w`."""
     if m.state is not State.READY or m.draining:
         return m.state is not State.STARTING  # stopping already; a starting model is loading for its waiters
-    if now - m.ready_at >= m.min_loaded:
-        return True  # its window is over: drain it and go
+    if _window_over(m, w, now):
+        return True  # drain it and go
     if m.in_flight or m.waiting or m.idle_since is None:
         return False
-    return m.idle_since <= waiter_since or now - m.idle_since >= TURNAROUND
+    return m.idle_since <= w.since or now - m.idle_since >= TURNAROUND
+
+
+def _abandonable(m: ModelView) -> bool:
+    """A start nobody waits for any more (the clients left), asked for by no pin, preload or /load."""
+    return m.state is State.STARTING and not m.waiting and not m.pin
 
 
 def _release_at(m: ModelView) -> float | None:
@@ -138,23 +159,33 @@ def _release_at(m: ModelView) -> float | None:
     return min(times)
 
 
+def _order(w: Waiter) -> tuple[int, float]:
+    """Who goes first: the higher priority, then the oldest request."""
+    return -w.priority, w.since
+
+
 def decide(models: Mapping[str, ModelView], queue: Sequence[Waiter], budget: int | None, now: float) -> Plan:
-    """What to do now. `queue` holds each waiting model's oldest request, oldest first."""
+    """What to do now. `queue` holds each waiting model's oldest request."""
     up = [m for m in models.values() if m.state.up]
     hold: set[str] = set()
     wake: list[float] = []
     start: str | None = None
     stop: tuple[str, ...] = ()
+    abandon: tuple[str, ...] = ()
+    give_way_to: str | None = None
     blocked = False  # a switch waits for a model's min_loaded window: later ones keep their place
-    for w in sorted(queue, key=lambda w: w.since):
+    for w in sorted(queue, key=_order):
         target = models[w.model]
         if target.state.up and not target.draining and target.state is not State.STOPPING:
             continue  # ready (admitted below unless held) or starting (joins that start)
         evict = evict_for(target, [m for m in up if m.name != target.name], budget)
         if blocked and evict:
             continue  # only a model that fits beside the running ones may go ahead of a waiting switch
-        waiting_on = [m for m in evict if not _releasable(m, w.since, now)]
-        hold.update(m.name for m in evict if m.state is State.READY and now - m.ready_at >= m.min_loaded)
+        if gone := tuple(m.name for m in evict if _abandonable(m)):
+            abandon, give_way_to = gone, target.name
+            break
+        waiting_on = [m for m in evict if not _releasable(m, w, now)]
+        hold.update(m.name for m in evict if m.state is State.READY and _window_over(m, w, now))
         if waiting_on:
             blocked = True
             wake.extend(t for m in waiting_on if (t := _release_at(m)) is not None)
@@ -165,9 +196,16 @@ def decide(models: Mapping[str, ModelView], queue: Sequence[Waiter], budget: int
 
     admit = frozenset(n for n, m in models.items()
                       if m.waiting and m.state is State.READY and not m.draining and n not in hold)
+    unload = _idle_unload(up, stop, now, wake)
+    return Plan(admit=admit, hold=frozenset(hold), start=start, stop=stop, unload=unload, abandon=abandon,
+                give_way_to=give_way_to, wake_at=min(wake) if wake else None)
+
+
+def _idle_unload(up: list[ModelView], stop: tuple[str, ...], now: float, wake: list[float]) -> tuple[str, ...]:
+    """The models idle past their idle_unload (pinned ones never); when the next one is due goes to `wake`."""
     unload: list[str] = []
     for m in up:
-        if m.idle_unload is None or m.state is not State.READY or m.draining or m.name in stop:
+        if m.idle_unload is None or m.pin or m.state is not State.READY or m.draining or m.name in stop:
             continue
         if m.in_flight or m.waiting:
             continue
@@ -176,5 +214,4 @@ def decide(models: Mapping[str, ModelView], queue: Sequence[Waiter], budget: int
             unload.append(m.name)
         else:
             wake.append(due)
-    return Plan(admit=admit, hold=frozenset(hold), start=start, stop=stop, unload=tuple(unload),
-                wake_at=min(wake) if wake else None)
+    return tuple(unload)

@@ -16,6 +16,7 @@ class Ticket:
 
     model: str
     since: float  # the scheduler's clock
+    priority: int = 0  # its model's
     admitted: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -49,12 +50,11 @@ class WaitQueue:
         """The oldest ticket of each model, oldest first: what policy.decide() looks at."""
         heads: dict[str, Waiter] = {}
         for t in self._tickets:
-            heads.setdefault(t.model, Waiter(t.model, t.since))
+            heads.setdefault(t.model, Waiter(t.model, t.since, t.priority))
         return list(heads.values())
 
     def positions(self) -> dict[str, int]:
-        """1 for the model whose requests are served next, 2 after one other model's, …"""
-        order: dict[str, int] = {}
-        for t in self._tickets:
-            order.setdefault(t.model, len(order) + 1)
-        return order
+        """1 for the model whose requests are served next, 2 after one other model's, …: the higher
+        priority first, then the oldest."""
+        heads = sorted(self.heads(), key=lambda w: (-w.priority, w.since))
+        return {w.model: i for i, w in enumerate(heads, 1)}

@@ -26,7 +26,7 @@ from ..config import Config, Model
 from ..errors import QueueFull, QueueTimeout, StartFailed, SwitchError, UnknownModel
 from ..events import SwitchDone
 from ..units.systemd import ActiveState
-from . import policy, waiting
+from . import any_of, policy, waiting
 from .model import ModelRuntime
 from .policy import State
 from .ports import Parts
@@ -58,6 +58,7 @@ class Scheduler:
         self._queue = WaitQueue()
         self._runner = Runner(self._operation_ended)
         self._hold: frozenset[str] = frozenset()
+        self._abandoned: set[str] = set()  # starts cancelled for a waiting request: their units stop next
         self._timer: asyncio.TimerHandle | None = None
         self._resync_task: asyncio.Task | None = None
         self._closed = False
@@ -97,7 +98,7 @@ class Scheduler:
         if len(self._queue) >= self.config.max_queue:
             raise QueueFull(f"{name}: {len(self._queue)} requests are already waiting (max_queue); try again later",
                             retry_after=self._retry_after())
-        ticket = Ticket(name, self._clock())
+        ticket = Ticket(name, self._clock(), runtime.model.priority)
         self._queue.add(ticket)
         runtime.enqueue()
         self._schedule()
@@ -129,6 +130,14 @@ class Scheduler:
             ticket.admitted.cancel()
             self._schedule()
 
+    def chosen(self, name: object) -> object:
+        """The model that serves a request naming `name`: a member for an `any_of` virtual model
+        (scheduling/any_of.py), else `name` as it is."""
+        group = self.config.group(name) if isinstance(name, str) else None
+        if group is None:
+            return name
+        return any_of.choose(group.members, {n: r.view() for n, r in self.models.items()}, self.config.memory_budget)
+
     def snapshot(self) -> Snapshot:
         """Every model as of now, for http and observe (scheduling/snapshot.py)."""
         now, config, positions, cache = self._clock(), self.config, self._queue.positions(), self._cache
@@ -159,7 +168,9 @@ class Scheduler:
         self._hold = plan.hold
         for name in sorted(plan.admit):  # sorted: the same order in every run (a seed replays)
             self._admit_waiting(name)
-        if not self._runner.busy and not self._runner.begin_submitted():
+        if plan.abandon:
+            self._abandon(plan.abandon, plan.give_way_to)
+        elif not self._runner.busy and not self._runner.begin_submitted():
             if plan.start is not None:
                 target = plan.start
                 self._runner.begin(target, lambda: self._switch(target, plan.stop))
@@ -172,6 +183,16 @@ class Scheduler:
         if plan.wake_at is not None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_at(loop.time() + max(0.0, plan.wake_at - now) + 0.001, self._schedule)
+
+    def _abandon(self, names: tuple[str, ...], waiting: str | None) -> None:
+        """Cancel a start nobody waits for any more; its unit is stopped once the start ended."""
+        for name in names:
+            if name in self._abandoned or self.models[name].state is not State.STARTING:
+                continue
+            self._abandoned.add(name)
+            log.info("%s: load abandoned: its clients left, and a request for %s waits for the memory", name, waiting)
+            if self._runner.current is not None:
+                self._runner.current.cancel()
 
     def _admit_waiting(self, name: str) -> None:
         runtime = self.models[name]
@@ -191,7 +212,11 @@ class Scheduler:
                 ticket.admitted.exception()  # a waiter that left meanwhile must not warn "never retrieved"
 
     def _operation_ended(self, target: str | None, error: BaseException | None) -> None:
-        if target is not None and error is not None:
+        if target in self._abandoned:
+            self._abandoned.discard(target)
+            abandoned = self.models[target]
+            self._runner.begin(None, lambda: self._stop_abandoned(abandoned))
+        elif target is not None and error is not None:
             self._fail_waiting(target, error)  # the next request tries again
         elif target is not None and (r := self.models.get(target)) and r.state is State.READY and not r.draining:
             # the target's waiters go in before anything else is decided: with min_loaded 0 the
@@ -284,6 +309,11 @@ class Scheduler:
             r.drain()
         await asyncio.gather(*(r.stop() for r in running))
         return running
+
+    async def _stop_abandoned(self, runtime: ModelRuntime) -> None:
+        stopped = await self._stop_running([runtime])
+        log.info("%s: %s after its load was abandoned", runtime.name,
+                 f"stopped {runtime.model.unit}" if stopped else "its unit had already stopped")
 
     async def _stop_idle(self, names: tuple[str, ...]) -> None:
         await self._stop_running([self.models[n] for n in names if n in self.models])

@@ -84,6 +84,8 @@ class ModelSnapshot:
     idle_unload: float | None
     measured: MemoryMeasured | None = None
     prompt_cache: CacheSnapshot | None = None
+    pin: bool = False           # never evicted nor unloaded for idleness; an explicit unload stops it
+    priority: int = 0
 
     @property
     def up(self) -> bool:
@@ -96,7 +98,7 @@ class ModelSnapshot:
             "model": self.name, "unit": self.unit, "url": self.url, "state": str(self.state), "since": self.since,
             "reason": self.reason, "in_flight": self.in_flight, "waiting": self.waiting,
             "load_s": round(self.load_s, 3) if self.load_s is not None else None,
-            "failures": self.failures,
+            "failures": self.failures, "pin": self.pin, "priority": self.priority,
             "retry_in_s": round(self.retry_in_s, 1) if self.retry_in_s is not None else None,
             "memory": {"declared": self.declared, "measured_ram": m.ram if m else None,
                        "measured_vram": m.vram if m else None},
