@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from llm_switch.config import Config, Model, PromptCacheSettings
-from llm_switch.errors import JobFailed, SwitchError
+from llm_switch.config.groups import AnyOf, check_pins
+from llm_switch.errors import ConfigError, JobFailed, SwitchError
 from llm_switch.events import EventBus, StateChanged
 from llm_switch.scheduling import policy
 from llm_switch.scheduling.policy import TURNAROUND
@@ -129,10 +130,14 @@ def workload(seed: int) -> Workload:
     names = list(models)
     requests = _requests(rng, names)
     end = requests[-1].at + 5
-    faults = sorted((Fault(rng.uniform(0, end), rng.choice(FAULTS), rng.choice(names), rng.uniform(0.01, 3.0))
-                     for _ in range(rng.choice((0, 0, 1, 2)))), key=lambda f: f.at)
+    faults = [Fault(rng.uniform(0, end), rng.choice(FAULTS), rng.choice(names), rng.uniform(0.01, 3.0))
+              for _ in range(rng.choice((0, 0, 1, 2)))]
     declared = [m.memory for m in models.values() if m.memory]
     budget = None if rng.random() < 0.2 or not declared else rng.randint(max(declared), sum(declared))
+    models = _pin_one(rng, models, budget)
+    any_of = _any_of(rng, names)
+    requests = tuple(replace(r, model="any") if any_of and rng.random() < 0.25 else r for r in requests)
+    faults += [Fault(0.0, "load", n) for n, m in models.items() if m.pin]  # a pinned model starts with the switch
     longest = max(b.load_s for b in behaviour.values())
     window = max([5.0, 3 * longest] + [m.min_loaded or 0.0 for m in models.values()])
     slowest = max(r.serve_s for r in requests)
@@ -140,8 +145,28 @@ def workload(seed: int) -> Workload:
     patient = rng.random() < 0.7
     config = Config("127.0.0.1", 3002, models, names={m: m for m in names}, memory_budget=budget,
                     prompt_cache=PromptCacheSettings("/nonexistent"),  # no hooks here: never read
-                    max_wait=2 * bound if patient else rng.uniform(0.5, 20.0), max_queue=rng.choice((4, 256)))
-    return Workload(config, behaviour, requests, tuple(faults), patient)
+                    max_wait=2 * bound if patient else rng.uniform(0.5, 20.0), max_queue=rng.choice((4, 256)),
+                    any_of=any_of, any_of_names={n: n for n in any_of})
+    return Workload(config, behaviour, requests, tuple(sorted(faults, key=lambda f: f.at)), patient)
+
+
+def _pin_one(rng: random.Random, models: dict[str, Model], budget: int | None) -> dict[str, Model]:
+    """A third of the workloads pin a model, where the config allows it (config/groups.py)."""
+    if rng.random() >= 0.3:
+        return models
+    pinned = {**models, (name := rng.choice(list(models))): replace(models[name], pin=True)}
+    try:
+        check_pins(pinned, budget)
+    except ConfigError:
+        return models
+    return pinned
+
+
+def _any_of(rng: random.Random, names: list[str]) -> dict[str, AnyOf]:
+    """Half the workloads have a virtual model `any` over two or more of the models."""
+    if len(names) < 2 or rng.random() < 0.5:
+        return {}
+    return {"any": AnyOf("any", tuple(rng.sample(names, rng.randint(2, len(names)))))}
 
 
 def _models(rng: random.Random) -> tuple[dict[str, Model], dict[str, Behaviour]]:
@@ -153,8 +178,9 @@ def _models(rng: random.Random) -> tuple[dict[str, Model], dict[str, Behaviour]]
         memory = None if rng.random() < 0.15 else rng.randint(1, 8) * GiB
         min_loaded = None if rng.random() < 0.5 else rng.choice((0.0, rng.uniform(0.0, 10.0)))
         idle_unload = None if rng.random() < 0.6 else rng.uniform(0.5, 20.0)
+        priority = 0 if rng.random() < 0.6 else rng.randint(-1, 2)
         models[name] = Model(name, f"{name}.service", f"http://127.0.0.1:{port}", memory=memory,
-                             min_loaded=min_loaded, idle_unload=idle_unload, health_timeout=60.0)
+                             min_loaded=min_loaded, idle_unload=idle_unload, health_timeout=60.0, priority=priority)
         behaviour[name] = Behaviour(rng.uniform(0.05, 6.0), rng.choice((0.0, 0.0, 0.1, 0.4)),
                                     rng.choice((0.0, 0.0, 0.1)))
     return models, behaviour
@@ -382,6 +408,7 @@ class World:
         self.outcomes: list[Outcome] = []
         self.scheduler: Scheduler | None = None
         self.changed = False  # a unit changed state since the last check
+        self.explicit = 0  # unloads and reloads under way: they may stop a pinned model
         self.loop = VirtualLoop()
 
     # -- the record -----------------------------------------------------------------------------
@@ -400,8 +427,9 @@ class World:
         c = self.load.config
         lines = [f"seed {self.seed}: memory_budget {c.memory_budget}, max_wait {c.max_wait:.1f}, "
                  f"max_queue {c.max_queue}"]
-        lines += [f"  {m.name}: {m.url} memory {m.memory} min_loaded {m.min_loaded} idle_unload {m.idle_unload}; "
-                  f"{self.load.behaviour[m.name]}" for m in c.models.values()]
+        lines += [f"  {m.name}: {m.url} memory {m.memory} min_loaded {m.min_loaded} idle_unload {m.idle_unload} "
+                  f"pin {m.pin} priority {m.priority}; {self.load.behaviour[m.name]}" for m in c.models.values()]
+        lines += [f"  {g.name}: any_of {list(g.members)}" for g in c.any_of.values()]
         lines += [f"{t:10.3f}  {text % args}" for t, text, args in self.trace]
         return "\n".join(lines)
 
@@ -468,6 +496,9 @@ class World:
 
     def on_state(self, event: StateChanged) -> None:
         self.note("%s: %s → %s", event.model, event.old, event.new)
+        model = self.scheduler_config().models.get(event.model)
+        if model is not None and model.pin and (event.old, event.new) == ("ready", "stopping") and not self.explicit:
+            self.fail("pinned %s stopped, though no unload or reload asked for it", event.model)
         if event.new == "ready":
             self.last_ready[event.model] = self.now()
         elif event.new == "failed":
@@ -499,12 +530,12 @@ class World:
     async def _ask(self, request: Request, outcome: Outcome) -> None:
         """What http/proxy.py does: use the model; a backend found gone is forgotten and used again."""
         scheduler = self.scheduler
-        model = scheduler.config.models.get(request.model)
+        model = scheduler.config.models.get(scheduler.chosen(request.model))
         if model is None:
             raise UnknownModelHere(f"{request.model} is not configured now")
-        runtime = scheduler.models.get(request.model)
+        runtime = scheduler.models.get(model.name)
         if runtime is not None and str(runtime.state) != "starting":
-            self.again[request.model] = True
+            self.again[model.name] = True
         for attempt in (1, 2):
             async with scheduler.use(model) as runtime:
                 self._admitted(request, outcome)
@@ -544,14 +575,22 @@ class World:
         elif fault.kind == "unload":
             self.again[fault.model] = True
             if fault.model in self.scheduler.models:
-                await self.scheduler.unload([fault.model])
+                self.explicit += 1
+                try:
+                    await self.scheduler.unload([fault.model])
+                finally:
+                    self.explicit -= 1
         elif fault.kind == "load":
             self.again[fault.model] = True
             if fault.model in self.scheduler.models:
                 with contextlib.suppress(SwitchError):  # refused like a request: the reason was checked there
                     await self.scheduler.load(fault.model)
         else:
-            await self.reload(fault.model)
+            self.explicit += 1
+            try:
+                await self.reload(fault.model)
+            finally:
+                self.explicit -= 1
 
     async def reload(self, name: str) -> None:
         """A reload that drops `name` (or adds it back) and draws its windows anew."""

@@ -149,7 +149,10 @@ def waiter(model: str, since: float, priority: int = 0) -> Waiter:
                                 m("coder", State.READY, memory=6.5, last_used=5)], 8 * G, ["coder"]),
     # exclusive target: every other model goes, except the pinned one
     (m("x"), [m("embed", State.READY, memory=1.2, pin=True), m("y", State.READY, last_used=1)], None, ["y"]),
-], ids=["pinned-stays", "pinned-stays-exclusive"])
+    # the pinned model's memory counts: the least recently used other goes too
+    (m("x", memory=4), [m("pin", State.READY, memory=4, pin=True), m("y", State.READY, memory=3, last_used=1)],
+     int(9.5 * G), ["y"]),
+], ids=["pinned-stays", "pinned-stays-exclusive", "pinned-counts"])
 def test_evict_for_keeps_pinned(target, running, budget, expected):
     assert names(evict_for(target, running, budget)) == expected
 

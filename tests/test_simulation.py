@@ -140,3 +140,28 @@ def test_a_unit_started_by_hand_during_a_drain_is_stopped_before_the_start():
     assert not world.violations, _report(world)
     order = [args[0] for _, text, args in world.trace if text in ("start %s", "stop %s")]
     assert order == ["a.service", "a.service", "c.service", "b.service"]  # start a, stop a, stop c, start b
+
+
+def test_a_load_nobody_waits_for_gives_way():
+    """Issue 20: the client of a slow load leaves; the waiting request for another model does not
+    wait for that load: the start is abandoned, its unit stopped, and the other model starts."""
+    load = _workload([_model("slow", 3004), _model("b", 3005)],
+                     [Request(0.0, "slow", 1.0, 1.0), Request(0.5, "b", 1.0, None)])
+    load = dataclasses.replace(load, behaviour={"slow": Behaviour(60.0, 0.0, 0.0), "b": Behaviour(0.5, 0.0, 0.0)})
+    world = run_seed(0, load=load)
+    assert not world.violations, _report(world)
+    order = [(round(t, 2), text % args) for t, text, args in world.trace if text in ("start %s", "stop %s")]
+    assert order == [(0.0, "start slow.service"), (1.0, "stop slow.service"), (1.01, "start b.service")]
+    assert [o.result for o in world.outcomes] == ["left", "answered"]
+
+
+def test_a_pinned_model_stays_while_the_others_swap():
+    load = _workload([_model("embed", 3004, memory=1, pin=True), _model("a", 3005, memory=6),
+                      _model("b", 3006, memory=6)],
+                     [Request(0.0, "a", 1.0, None), Request(2.0, "b", 1.0, None), Request(4.0, "a", 1.0, None)],
+                     [Fault(0.0, "load", "embed")])
+    load = dataclasses.replace(load, config=dataclasses.replace(load.config, memory_budget=7))
+    world = run_seed(0, load=load)
+    assert not world.violations, _report(world)
+    stops = [args[0] for _, text, args in world.trace if text == "stop %s"]
+    assert "embed.service" not in stops and stops, stops

@@ -113,7 +113,8 @@ def evict_for(target: ModelView, running: Sequence[ModelView], budget: int | Non
         return others
     evict = [m for m in others if m.memory is None or m.url == target.url]
     kept = [m for m in others if m not in evict]
-    used = sum(m.memory for m in kept)  # type: ignore[misc]
+    pinned = sum(m.memory or 0 for m in running if m.pin and m.name != target.name)
+    used = pinned + sum(m.memory for m in kept)  # type: ignore[misc]
     dropped: list[ModelView] = []
     for m in kept:  # least recently used first, until it fits
         if used + target.memory <= budget:
