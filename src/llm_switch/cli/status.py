@@ -95,6 +95,8 @@ def render(status: dict, url: str, now: float) -> str:
         line = f"  {m['model']:<{width}}  {m.get('state', '?'):<8}  {m.get('unit', '')}{when}"
         if memory := _memory_text(m.get("memory") or {}):
             line += f"  {memory}"
+        if m.get("pin"):
+            line += "  pinned"
         if m.get("state") == "failed" and m.get("reason"):
             line += f"\n  {'':<{width}}  {_first_line(m['reason'])}"
         lines.append(line)

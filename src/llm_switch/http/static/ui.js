@@ -83,7 +83,7 @@ function renderModels() {
     let state = m.state;
     if (m.state === "starting" && progress[m.model] != null) state += " " + progress[m.model].toFixed(0) + " s";
     const row = el("tr", { "data-model": m.model },
-      el("td", {}, m.model),
+      el("td", {}, m.model, m.pin ? el("span", { class: "pin", title: "pinned: never evicted" }, " (pinned)") : ""),
       el("td", {}, el("span", { class: "state s-" + m.state, title: m.reason || "" }, state)),
       el("td", { class: "num inflight" }, String(m.in_flight)),
       el("td", { class: "num waiting" }, String(m.waiting)),
