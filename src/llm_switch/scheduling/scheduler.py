@@ -348,9 +348,12 @@ class Scheduler:
         A model whose starts failed is tried again at once."""
         if (runtime := self.models.get(name)) is not None:
             runtime.clear_backoff()
-        runtime = await self.acquire(name)
-        self.release(runtime)
-        return runtime
+        # the load goes on when its caller leaves (a /load client that hung up): it was asked for,
+        # so it never gives way as a load nobody waits for would (docs/design.md, "Who goes next")
+        acquiring = asyncio.ensure_future(self.acquire(name))
+        acquiring.add_done_callback(
+            lambda t: t.cancelled() or t.exception() is not None or self.release(t.result()))
+        return await asyncio.shield(acquiring)
 
     async def unload(self, names: list[str] | None = None) -> list[str]:
         """Stop the given models (default: all running), each after its requests finish."""
