@@ -8,40 +8,36 @@ import logging
 from aiohttp import web
 
 from .. import repair
+from ..config import Model
 from ..errors import UnknownModel
+from ..observe.metrics import observed
 from ..observe.status import model_status
 from ..scheduling.scheduler import Scheduler
 from . import auth
-from ..observe.metrics import observed
+from .dialects import OPENAI
 from .keys import SCHEDULER
-from .progress import progress_for
-from .proxy import model_named, read_json, switch_and_relay
+from .pipeline import Body, Call, ModelRoute
 from .relay import repair_tool_calls
 
 log = logging.getLogger(__name__)
 
 
-async def forward(request: web.Request) -> web.StreamResponse:
-    config = request.app[SCHEDULER].config  # the newest: a reload replaces it
-    body, payload = await read_json(request)
-    model = model_named(config, payload.get("model") if isinstance(payload, dict) else None)
-
+async def _repair(request: web.Request, model: Model, payload: dict, body: Body) -> Call:
+    """A chat completion's tool calls repaired, in the history sent and in the answer."""
+    if not (model.repair_tool_calls and request.path.endswith("/chat/completions")):
+        return Call(body)
     obs = observed(request)
-    if obs is not None:
-        obs.model = model.name
-    chat = request.path.endswith("/chat/completions")
-    transform = None
-    if model.repair_tool_calls and chat:
-        if names := repair.repair_request(payload):
-            log.info("%s: repaired the arguments of %d tool call(s) in the request history: %s",
-                     model.name, len(names), ", ".join(names))
-            body = json.dumps(payload, ensure_ascii=False).encode()
-            if obs is not None:
-                obs.repaired += len(names)
-        transform = repair_tool_calls(model, tools_offered=bool(payload.get("tools")),
-                                      on_repair=obs.repaired_more if obs is not None else None)
-    progress = progress_for(request, model, payload, chat)
-    return await progress.guard(switch_and_relay(request, model, body, progress.transform(transform), progress))
+    if names := repair.repair_request(payload):
+        log.info("%s: repaired the arguments of %d tool call(s) in the request history: %s",
+                 model.name, len(names), ", ".join(names))
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        if obs is not None:
+            obs.repaired += len(names)
+    return Call(body, repair_tool_calls(model, tools_offered=bool(payload.get("tools")),
+                                        on_repair=obs.repaired_more if obs is not None else None))
+
+
+forward = ModelRoute(OPENAI, _repair).serve
 
 
 def _model_entry(scheduler: Scheduler, name: str) -> dict:
