@@ -12,9 +12,9 @@ queue) gets its event stream opened at once and is told what it waits for.
 What it says: the position in the queue; which model is stopping (and whether its requests are
 still finishing); the load's phase where llama-server logs one (its journal lines: model file,
 tensors, KV cache, warm-up), else the seconds so far; then "ready in N s". A line goes out when
-that changes, else every REPEAT seconds. A start that fails ends the stream with an OpenAI-shaped
-`data: {"error": …}` event. Requests that need not wait, and requests that are not streamed, are
-untouched.
+that changes, else every REPEAT seconds. A start that fails ends the stream with an error in the
+route's dialect (docs/design.md, "One request pipeline"). Requests that need not wait, requests
+that are not streamed, and Ollama's streams (NDJSON has no line to keep one alive) are untouched.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class Progress:
     def started(self) -> bool:
         return self.response is not None
 
-    # -- for switch_and_relay ---------------------------------------------------------------------
+    # -- for the pipeline --------------------------------------------------------------------------
 
     def on_wait(self) -> None:
         if (obs := observed(self.request)) is not None:
