@@ -144,7 +144,8 @@ async def _generate(request: web.Request, model: Model, payload: dict, _: Body) 
 
 
 async def _embed(request: web.Request, model: Model, payload: dict, _: Body) -> Call:
-    whole = tr.embeddings_response if request.path == "/api/embeddings" else (lambda a: tr.embed_response(a, model.name))
+    old = request.path == "/api/embeddings"
+    whole = tr.embeddings_response if old else (lambda a: tr.embed_response(a, model.name))
     return _call(request, model, "/v1/embeddings", tr.embed_request(payload, model.name), whole, None,
                  tr.keep_alive_seconds(payload.get("keep_alive")))
 

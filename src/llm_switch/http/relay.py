@@ -9,19 +9,18 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable
 
 from aiohttp import web
 from yarl import URL
 
-from .. import repair
 from ..backends.upstream import Answer, BrokenOff, CannotConnect, NoAnswer, send
 from ..config import Model
 from ..errors import BackendGone, BackendUnreachable, ShuttingDown, SwitchError
 from ..observe.metrics import Observation, observed, usage_of
 from .dialects import Dialect
 from .keys import INFLIGHT
-from .rewrite import Head, Rewrite, Transform, hold_whole
+from .rewrite import Head, Rewrite, Transform
 
 log = logging.getLogger(__name__)
 
@@ -201,52 +200,3 @@ async def _end_with_backend_error(response: web.StreamResponse, model: Model, up
         await response.write(event)
         await response.write_eof()
     return response
-
-
-def repair_tool_calls(model: Model, tools_offered: bool,
-                      on_repair: Callable[[int], None] | None = None) -> Transform:
-    """A transform that repairs tool calls in a successful chat completion: streamed (text flows
-    at once, each call's arguments are sent whole once complete) or not. `on_repair(n)` is told
-    how many calls were repaired."""
-
-    def transform(head: Head) -> Rewrite | None:
-        if head.status != 200:
-            return None  # errors pass through untouched
-        if head.event_stream:
-            stream = repair.StreamRepair(tools_offered)
-
-            def close_stream() -> bytes:
-                tail = stream.close()
-                _log_repairs(model, stream.repaired, "stream", on_repair)
-                return tail
-
-            return Rewrite(stream.feed, close_stream)
-        if head.content_type != "application/json":
-            return None
-        return hold_whole(lambda held: _repaired_completion(model, held, tools_offered, on_repair))
-
-    return transform
-
-
-def _repaired_completion(model: Model, held: bytes, tools_offered: bool,
-                         on_repair: Callable[[int], None] | None) -> bytes:
-    # an answer with no tool call in any form goes out as it came, unparsed
-    if b"tool_call" not in held and b"function" not in held:
-        return held
-    try:
-        body = json.loads(held)
-    except (ValueError, RecursionError):
-        return held
-    if not isinstance(body, dict):
-        return held
-    names = repair.repair_completion(body, tools_offered)
-    _log_repairs(model, names, "answer", on_repair)
-    return json.dumps(body, ensure_ascii=False).encode()
-
-
-def _log_repairs(model: Model, names: list[str], where: str, on_repair: Callable[[int], None] | None = None) -> None:
-    if names and on_repair is not None:
-        on_repair(len(names))
-    if names:
-        log.info("%s: repaired the arguments of %d tool call(s) in the %s: %s",
-                 model.name, len(names), where, ", ".join(names))
