@@ -31,13 +31,13 @@ Body = bytes | AsyncIterable[bytes]
 class Call(NamedTuple):
     """What a route sends its model and how the answer is changed on the way: `body`, the
     `transform` of the answer, the `path` (with query) and `headers` sent instead of the
-    request's, and `then`, run once the answer is out."""
+    request's, and `after`, run once the answer is out."""
 
     body: Body
     transform: Transform | None = None
     path: str | None = None
     headers: dict[str, str] | None = None
-    then: Callable[[], Awaitable[None]] | None = None
+    after: Callable[[], Awaitable[None]] | None = None
 
 
 # a route's rewrites: the request (repaired, translated) to send, or an answer of its own
@@ -77,11 +77,11 @@ class ModelRoute:
             return call  # answered without the backend
         progress = progress_for(request, model, payload, self.dialect)
         response = await progress.guard(_switch_and_relay(request, model, call, progress))
-        if call.then is not None:
+        if call.after is not None:
             if not response.prepared:  # a whole answer: send it before what follows
                 await response.prepare(request)
                 await response.write_eof()
-            await call.then()
+            await call.after()
         return response
 
 

@@ -52,10 +52,8 @@ async def relay(request: web.Request, model: Model, body: bytes | AsyncIterable[
     the headers sent upstream. `prepared` is a stream already sent to the client (loading
     progress): the answer's events follow in it, and a backend's error ends it in `dialect`."""
     obs = observed(request)
-    if obs is not None:
-        obs.model = model.name
-        if obs.wait_began is not None:
-            obs.waited_s = time.monotonic() - obs.wait_began
+    if obs is not None and obs.wait_began is not None:
+        obs.waited_s = time.monotonic() - obs.wait_began
     upstream = await _send(request, model, body, path, send_headers)
     async with upstream:
         head = Head(upstream.status, upstream.content_type)
@@ -65,12 +63,13 @@ async def relay(request: web.Request, model: Model, body: bytes | AsyncIterable[
         headers = _answer_headers(upstream, rewrite, obs)
         if rewrite and not head.event_stream:
             return await _whole(request, model, upstream, rewrite, headers, obs)
-        if prepared is None:
-            prepared = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        response = prepared
+        if response is None:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
             if "Content-Length" in upstream.headers and rewrite is None:
-                prepared.content_length = int(upstream.headers["Content-Length"])
-            await prepared.prepare(request)
-        return await _stream(request, prepared, model, upstream, rewrite, dialect, obs)
+                response.content_length = int(upstream.headers["Content-Length"])
+            await response.prepare(request)
+        return await _stream(request, response, model, upstream, rewrite, dialect, obs)
 
 
 async def _send(request: web.Request, model: Model, body: bytes | AsyncIterable[bytes], path: str | None,
