@@ -1,6 +1,6 @@
 """SIGTERM to the switch while an Anthropic or an Ollama stream is relayed: past shutdown_grace the
 stream ends in its own dialect, with the tool calls held so far sent first (the OpenAI stream's
-case is in test_systemd_faults.py)."""
+case is in test_shutdown.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from harness import sse_lines
+from support.harness import sse_lines
 
 TOOLS = [{"type": "function", "function": {"name": "get", "parameters": {"type": "object"}}}]
 
