@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     except client.Refused as e:
         print(f"llm-switch {args.command}: {e.message}", file=sys.stderr)
         return client.REFUSED
+    except ConfigError as e:  # a --url that is no address
+        print(f"llm-switch {args.command}: {e.message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

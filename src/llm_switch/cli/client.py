@@ -5,11 +5,15 @@ a line on stderr and exit status 3, as `systemctl status` does for a unit that i
 from __future__ import annotations
 
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .. import config as config_mod
 from ..config import DEFAULT_LISTEN, Config
@@ -52,9 +56,17 @@ class Switch:
 
     @classmethod
     def from_args(cls, args) -> Switch:
-        config, note = read_config(getattr(args, "config", None))
-        url = getattr(args, "url", None) or url_of(config.listen if config else DEFAULT_LISTEN)
-        return cls(url.rstrip("/"), admin_key(config), config, note)
+        path = config_mod.find_path(getattr(args, "config", None))
+        config, note = read_config(path)
+        if config is not None:
+            return cls(url_of(getattr(args, "url", None) or config.listen), admin_key(config), config, None)
+        # a broken file still says where the switch listens (reload must reach it to refuse the file)
+        listen, key = _what_a_broken_config_says(path)
+        try:
+            url = url_of(getattr(args, "url", None) or listen or DEFAULT_LISTEN)
+        except ConfigError:  # its listen is what is broken
+            url = url_of(DEFAULT_LISTEN)
+        return cls(url, key, None, note)
 
     def open(self, method: str, path: str, timeout: float | None = 30.0):
         """The HTTP response to METHOD path; Refused on an error answer, NotRunning when none."""
@@ -80,16 +92,38 @@ class Switch:
                              self.config_note) from None
 
 
-def read_config(explicit: str | None) -> tuple[Config | None, str | None]:
-    path = config_mod.find_path(explicit)
+def read_config(explicit: str | os.PathLike | None) -> tuple[Config | None, str | None]:
+    path = config_mod.find_path(explicit) if not isinstance(explicit, Path) else explicit
     try:
         return config_mod.load(path), None
     except ConfigError as e:
         return None, f"config: {e.message}"
 
 
+def _what_a_broken_config_says(path: Path) -> tuple[str | None, str | None]:
+    """`listen` and the first plain api_keys entry of a file the config parser refused, if readable."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None, None
+    if not isinstance(raw, dict):
+        return None, None
+    listen = raw.get("listen")
+    if isinstance(raw.get("server"), dict):  # the seed's form
+        server = raw["server"]
+        listen = f"{server.get('host', '127.0.0.1')}:{server.get('port', 3002)}"
+    keys = raw.get("api_keys")
+    keys = [keys] if isinstance(keys, (str, dict)) else keys if isinstance(keys, list) else []
+    key = next((k if isinstance(k, str) else k.get("key") for k in keys
+                if isinstance(k, str) or (isinstance(k, dict) and isinstance(k.get("key"), str) and not k.get("models"))),
+               None)
+    return (str(listen) if listen else None), key
+
+
 def url_of(listen: str) -> str:
-    """A URL to reach the daemon at its listen address (a wildcard address means loopback)."""
+    """A URL to reach the daemon at its listen address or --url (a wildcard address means loopback)."""
+    if "://" in listen:
+        return listen.rstrip("/")
     host, port = config_mod.parse_listen(listen, "listen")
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

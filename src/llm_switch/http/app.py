@@ -15,7 +15,7 @@ from ..observe.prometheus import Metrics
 from ..observe.status import status_line
 from ..scheduling.scheduler import Scheduler
 from ..units.systemd import Systemd
-from . import admin, anthropic, json_body, logs, native, ollama, openai, ui
+from . import admin, anthropic, json_body, logs, native, ollama, openai, openapi, reload, ui
 from .auth import require_key
 from .errors import openai_errors
 from .guard import cors_headers, guard
@@ -40,6 +40,7 @@ def build_app(config: Config, events: EventBus | None = None) -> web.Application
     app.cleanup_ctx.append(_resources(events))
     app.add_routes(admin.ROUTES + logs.ROUTES + ui.ROUTES + anthropic.ROUTES + ollama.ROUTES + native.ROUTES
                    + openai.ROUTES)
+    app.add_routes(reload.ROUTES + openapi.ROUTES)
     return app
 
 
