@@ -131,6 +131,13 @@ def test_setup_yes_ends_with_the_service_enabled_active_and_answering(um, instal
     bge_port = installed.backend_port + 1
     assert f"url: http://127.0.0.1:{bge_port} " in config
     assert f"LLAMA_ARG_PORT={bge_port}\n" in (um.conf_dir / "models" / "bge-m3.env").read_text()
+    # shell completion for bash and zsh, as `llm-switch completion SHELL` prints it
+    share = um.home / ".local" / "share"
+    for shell, path in (("bash", share / "bash-completion" / "completions" / "llm-switch"),
+                        ("zsh", share / "zsh" / "site-functions" / "_llm-switch")):
+        printed = subprocess.run([str(um.data_dir / "venv" / "bin" / "llm-switch"), "completion", shell],
+                                 capture_output=True, text=True, timeout=60)
+        assert printed.returncode == 0 and path.read_text() == printed.stdout, printed.stderr
 
 
 def test_shipped_model_files_run_on_a_real_llama_server(um, installed):
