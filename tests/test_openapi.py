@@ -45,7 +45,8 @@ def test_nothing_is_described_that_the_app_does_not_register():
 
 def _refs(node) -> list[str]:
     if isinstance(node, dict):
-        return ([node["$ref"]] if isinstance(node.get("$ref"), str) else []) + [r for v in node.values() for r in _refs(v)]
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [r for v in node.values() for r in _refs(v)]
     if isinstance(node, list):
         return [r for v in node for r in _refs(v)]
     return []

@@ -114,9 +114,9 @@ def _what_a_broken_config_says(path: Path) -> tuple[str | None, str | None]:
         listen = f"{server.get('host', '127.0.0.1')}:{server.get('port', 3002)}"
     keys = raw.get("api_keys")
     keys = [keys] if isinstance(keys, (str, dict)) else keys if isinstance(keys, list) else []
-    key = next((k if isinstance(k, str) else k.get("key") for k in keys
-                if isinstance(k, str) or (isinstance(k, dict) and isinstance(k.get("key"), str) and not k.get("models"))),
-               None)
+    plain = [k if isinstance(k, str) else k.get("key") for k in keys
+             if isinstance(k, str) or (isinstance(k, dict) and not k.get("models"))]
+    key = next((k for k in plain if isinstance(k, str)), None)
     return (str(listen) if listen else None), key
 
 

@@ -22,7 +22,8 @@ def commands(parser: argparse.ArgumentParser) -> dict[str, tuple[str, list[str]]
     """{subcommand: (its help, its options)}, in the parser's order."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {c.dest: c.help or "" for c in sub._choices_actions}
-    return {name: (helps.get(name, ""), [o for a in p._actions for o in a.option_strings if o.startswith("--") and o != "--help"])
+    return {name: (helps.get(name, ""), [o for a in p._actions for o in a.option_strings
+                                         if o.startswith("--") and o != "--help"])
             for name, p in sub.choices.items()}
 
 
@@ -41,7 +42,9 @@ def bash_script(spec: dict[str, tuple[str, list[str]]]) -> str:
 
 
 def zsh_script(spec: dict[str, tuple[str, list[str]]]) -> str:
-    described = "\n".join("    " + _zsh_quote(name + ":" + text.replace(":", "\\:")) for name, (text, _) in spec.items())
+    # _describe reads NAME:HELP, so a colon in the help is escaped
+    described = "\n".join("    " + _zsh_quote(name + ":" + text.replace(":", "\\:"))
+                          for name, (text, _) in spec.items())
     options = "\n".join(f"    {name}) opts=({' '.join(opts)}) ;;" for name, (_, opts) in spec.items())
     kinds = "\n".join(f"    {name}) kind={_argument_kind(name)} ;;" for name in spec)
     return _ZSH.replace("@DESCRIBED@", described).replace("@OPTIONS@", options).replace("@KINDS@", kinds)

@@ -20,7 +20,8 @@ def run(args) -> int:
         # a load takes as long as the model takes (health_timeout bounds it)
         answer = switch.json("POST", f"/load/{model}", timeout=None)
         m = answer.get("model") or {}
-        print(f"{answer.get('loaded')}: {m.get('state')}" + (f", loaded in {m['load_s']:.2f} s" if m.get("load_s") else ""))
+        loaded = f", loaded in {m['load_s']:.2f} s" if m.get("load_s") else ""
+        print(f"{answer.get('loaded')}: {m.get('state')}{loaded}")
         return 0
     stopped = switch.json("POST", f"/unload/{model}" if model else "/unload", timeout=None).get("unloaded") or []
     if stopped:

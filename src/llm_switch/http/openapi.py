@@ -8,13 +8,13 @@ from aiohttp import web
 
 from .. import __version__
 
-_ERROR = "#/components/schemas/"
+_REF = "#/components/schemas/"
 # the error shape each dialect's clients read (http/errors.py)
 OPENAI, ANTHROPIC, OLLAMA = "OpenAIError", "AnthropicError", "OllamaError"
 
 
 def _json(schema: str | dict) -> dict:
-    return {"application/json": {"schema": {"$ref": _ERROR + schema} if isinstance(schema, str) else schema}}
+    return {"application/json": {"schema": {"$ref": _REF + schema} if isinstance(schema, str) else schema}}
 
 
 def _op(summary: str, tag: str, answer: dict, error: str = OPENAI, params: tuple[str, ...] = (),
@@ -44,12 +44,17 @@ _PARAMS = {
     "follow": {"name": "follow", "in": "query", "schema": {"type": "string", "enum": ["1"]},
                "description": "keep the answer open and send new lines as they are written"},
 }
-_TEXT = {"text/plain": {"schema": {"type": "string"}}}
+def _typed(media_type: str) -> dict:
+    return {media_type: {"schema": {"type": "string"}}}
+
+
+_TEXT = _typed("text/plain")
 _ANY_JSON = _json({"type": "object"})
 _STREAM = {"application/json": {"schema": {"type": "object"}},
            "text/event-stream": {"schema": {"type": "string", "description": "with `stream: true`"}}}
 _NDJSON = {"application/json": {"schema": {"type": "object"}},
-           "application/x-ndjson": {"schema": {"type": "string", "description": "one JSON object a line while streaming"}}}
+           "application/x-ndjson": {"schema": {"type": "string",
+                                               "description": "one JSON object a line while streaming"}}}
 
 
 def _own() -> dict:
@@ -60,10 +65,10 @@ def _own() -> dict:
         "/status": {"get": _op("every model's state, memory and queue, the config in use, the last switches",
                                "switch", _json("Status"))},
         "/running": {"get": _op("the models that run, start or stop", "switch", _json(
-            {"type": "object", "properties": {"running": {"type": "array", "items": {"$ref": _ERROR + "Model"}}}}))},
+            {"type": "object", "properties": {"running": {"type": "array", "items": {"$ref": _REF + "Model"}}}}))},
         "/load/{model}": {"post": _op("start a model through the queue and wait until it is ready", "switch",
                                       _json({"type": "object", "properties": {"loaded": {"type": "string"},
-                                                                              "model": {"$ref": _ERROR + "Model"}}}),
+                                                                              "model": {"$ref": _REF + "Model"}}}),
                                       params=("model",))},
         "/unload": {"post": _op("stop every running model after its requests finish", "switch", _json("Unloaded"))},
         "/unload/{model}": {"post": _op("stop one model after its requests finish", "switch", _json("Unloaded"),
@@ -75,11 +80,11 @@ def _own() -> dict:
         "/reload": {"post": _op("read the config file anew, as SIGHUP does; a refused file is a 409 with the reason",
                                 "switch", _json("Reload")),
                     "get": _op("the last reload's outcome", "switch", _json(
-                        {"type": "object", "properties": {"last": {"oneOf": [{"$ref": _ERROR + "Reload"},
+                        {"type": "object", "properties": {"last": {"oneOf": [{"$ref": _REF + "Reload"},
                                                                               {"type": "null"}]}}}))},
-        "/ui": {"get": _op("the status page", "page", {"text/html": {"schema": {"type": "string"}}}, public=True)},
-        "/ui/ui.js": {"get": _op("the status page's script", "page", {"text/javascript": {"schema": {"type": "string"}}}, public=True)},
-        "/ui/ui.css": {"get": _op("the status page's style", "page", {"text/css": {"schema": {"type": "string"}}}, public=True)},
+        "/ui": {"get": _op("the status page", "page", _typed("text/html"), public=True)},
+        "/ui/ui.js": {"get": _op("the status page's script", "page", _typed("text/javascript"), public=True)},
+        "/ui/ui.css": {"get": _op("the status page's style", "page", _typed("text/css"), public=True)},
         "/ui/events": {"get": _op("the page's live events: model states, switches, requests (server-sent events)",
                                   "page", {"text/event-stream": {"schema": {"type": "string"}}})},
         "/openapi.json": {"get": _op("this description", "switch", _json({"type": "object"}))},
@@ -88,28 +93,25 @@ def _own() -> dict:
 
 def _forwarded() -> dict:
     """The model routes, by dialect: each picks its model from the request and forwards it."""
-    openai_ = lambda what, answer=_STREAM: _op(what, "OpenAI", answer, OPENAI, body=True)  # noqa: E731
-    native = lambda what: _op(what, "llama.cpp", _ANY_JSON, OPENAI, body=True)  # noqa: E731
-    ollama_ = lambda what, answer=_NDJSON: {"post": _op(what, "Ollama", answer, OLLAMA, body=True)}  # noqa: E731
     paths: dict = {
-        "/v1/{tail}": {"post": {**openai_("any other OpenAI route (chat/completions, completions, embeddings, …)"),
+        "/v1/{tail}": {"post": {**_openai_post("any other OpenAI route: chat/completions, embeddings, …"),
                                 "parameters": [_PARAMS["tail"]]}},
         "/v1/models": {"get": _op("the configured models and aliases", "OpenAI", _ANY_JSON)},
         "/v1/models/{model}": {"get": _op("one model", "OpenAI", _ANY_JSON, params=("model",))},
-        "/v1/responses": {"post": openai_("OpenAI Responses")},
-        "/v1/audio/transcriptions": {"post": _multipart(openai_("speech to text (multipart form)", _ANY_JSON))},
-        "/v1/audio/translations": {"post": _multipart(openai_("speech to English text (multipart form)", _ANY_JSON))},
+        "/v1/responses": {"post": _openai_post("OpenAI Responses")},
+        "/v1/audio/transcriptions": {"post": _multipart("speech to text")},
+        "/v1/audio/translations": {"post": _multipart("speech to English text")},
         "/v1/messages": {"post": _op("Anthropic Messages", "Anthropic", _STREAM, ANTHROPIC, body=True)},
         "/v1/messages/count_tokens": {"post": _op("Anthropic token count", "Anthropic", _ANY_JSON, ANTHROPIC,
                                                   body=True)},
         "/api/version": {"get": _op("Ollama's version route", "Ollama", _ANY_JSON, OLLAMA)},
         "/api/tags": {"get": _op("the models, as Ollama lists them", "Ollama", _ANY_JSON, OLLAMA)},
         "/api/ps": {"get": _op("the running models, as Ollama lists them", "Ollama", _ANY_JSON, OLLAMA)},
-        "/api/show": ollama_("one model, as Ollama shows it", _ANY_JSON),
-        "/api/chat": ollama_("Ollama chat"),
-        "/api/generate": ollama_("Ollama generate"),
-        "/api/embed": ollama_("Ollama embeddings", _ANY_JSON),
-        "/api/embeddings": ollama_("Ollama embeddings (the older route)", _ANY_JSON),
+        "/api/show": _ollama_post("one model, as Ollama shows it", _ANY_JSON),
+        "/api/chat": _ollama_post("Ollama chat"),
+        "/api/generate": _ollama_post("Ollama generate"),
+        "/api/embed": _ollama_post("Ollama embeddings", _ANY_JSON),
+        "/api/embeddings": _ollama_post("Ollama embeddings (the older route)", _ANY_JSON),
         "/upstream/{model}": {"get": _op("the model's own llama-server root, started if need be", "upstream",
                                          {"*/*": {}}, params=("model",))},
         "/upstream/{model}/{tail}": {m: _op("any route of the model's own llama-server, forwarded as is",
@@ -117,12 +119,22 @@ def _forwarded() -> dict:
                                      for m in ("get", "post", "put", "patch", "delete", "options")},
     }
     for path in NATIVE_PATHS:
-        paths[path] = {"post": native(f"llama-server's own {path}")}
+        paths[path] = {"post": _op(f"llama-server's own {path}", "llama.cpp", _ANY_JSON, body=True)}
     return paths
 
 
-def _multipart(op: dict) -> dict:
-    return {**op, "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {"type": "object"}}}}}
+def _openai_post(what: str, answer: dict = _STREAM) -> dict:
+    return _op(what, "OpenAI", answer, OPENAI, body=True)
+
+
+def _ollama_post(what: str, answer: dict = _NDJSON) -> dict:
+    return {"post": _op(what, "Ollama", answer, OLLAMA, body=True)}
+
+
+def _multipart(what: str) -> dict:
+    """An OpenAI route whose body is a multipart form (an audio file and its fields)."""
+    form = {"multipart/form-data": {"schema": {"type": "object"}}}
+    return {**_openai_post(what, _ANY_JSON), "requestBody": {"required": True, "content": form}}
 
 
 # llama-server's own routes the switch forwards by the body's `model` (http/native.py)
@@ -141,7 +153,8 @@ _MODEL = {"type": "object", "properties": {
 SCHEMAS = {
     OPENAI: {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["message", "type", "code"],
-        "properties": {"message": {"type": "string"}, "type": {"type": "string"}, "code": {"type": ["string", "null"]}}}}},
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                       "code": {"type": ["string", "null"]}}}}},
     ANTHROPIC: {"type": "object", "required": ["type", "error"], "properties": {
         "type": {"const": "error"}, "error": {"type": "object", "required": ["type", "message"], "properties": {
             "type": {"type": "string"}, "message": {"type": "string"}}}}},
@@ -150,7 +163,7 @@ SCHEMAS = {
     "Status": {"type": "object", "properties": {
         "config": {"type": ["string", "null"]}, "listen": {"type": "string"},
         "memory_budget": {"type": ["integer", "null"]}, "vram_note": {"type": ["string", "null"]},
-        "models": {"type": "array", "items": {"$ref": _ERROR + "Model"}},
+        "models": {"type": "array", "items": {"$ref": _REF + "Model"}},
         "switches": {"type": "array", "items": {"type": "object"}}}},
     "Unloaded": {"type": "object", "properties": {"unloaded": {"type": "array", "items": {"type": "string"}}}},
     "Reload": {"type": "object", "properties": {
