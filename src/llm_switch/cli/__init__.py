@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     except client.Refused as e:
         print(f"llm-switch {args.command}: {e.message}", file=sys.stderr)
         return client.REFUSED
-    except ConfigError as e:  # a --url that is no address
+    except ConfigError as e:  # a --url that is no address, a config the subcommand cannot use
         print(f"llm-switch {args.command}: {e.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

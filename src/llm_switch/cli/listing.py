@@ -9,7 +9,7 @@ import time
 from ..config import Config, format_size
 from .client import Switch, read_config
 
-_UP = ("ready", "starting", "stopping")
+UP = ("ready", "starting", "stopping")  # the states `ps` and `status` count as running
 CONFIG_UNUSABLE = 2
 
 
@@ -34,7 +34,7 @@ def ps_table(models: list[dict], now: float) -> str:
     long they have been in that state. Pure."""
     rows = [(m["model"], m.get("state", "?"), _memory(m.get("memory") or {}), str(m.get("in_flight", 0)),
              str(m.get("waiting", 0)), _duration(now - m["since"]) if m.get("since") else "-")
-            for m in models if m.get("state") in _UP]
+            for m in models if m.get("state") in UP]
     if not rows:
         return "no model is running"
     return _table(("NAME", "STATE", "MEMORY", "IN FLIGHT", "WAITING", "FOR"), rows)

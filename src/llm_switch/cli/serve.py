@@ -122,7 +122,7 @@ class Server:
                 log.error("%s: preload failed: %s", name, e.message)
 
     async def _reload(self, app: web.Application) -> Outcome:
-        """SIGHUP or POST /reload (http/reload.py), one at a time: the outcome is also kept for GET /reload."""
+        """SIGHUP or POST /reload (http/reload.py), one at a time; GET /reload shows the last outcome."""
         async with self._reloading:
             scheduler = app[SCHEDULER]
             notify("RELOADING=1")
@@ -154,7 +154,8 @@ class Server:
         except SwitchError as e:
             log.error("reload refused, the running config stays in force: %s", e.message)
             return Outcome(False, time.time(), str(path) if path else None, e.message)
-        return Outcome(True, time.time(), str(new.path), f"{len(new.models)} models: {', '.join(new.models)}", notes)
+        in_force = f"{len(new.models)} models: {', '.join(new.models)}"
+        return Outcome(True, time.time(), str(new.path), in_force, notes)
 
 
 class ConnectionLimit:

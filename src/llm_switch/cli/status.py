@@ -14,9 +14,9 @@ import time
 from ..config import Config, format_size
 from ..errors import SwitchError
 from .client import NotRunning, Switch
+from .listing import UP
 
 SERVICE = "llm-switch.service"
-_UP = ("ready", "starting", "stopping")
 
 
 def run(args) -> int:
@@ -39,7 +39,7 @@ def render(status: dict, url: str, now: float) -> str:
     lines = [f"llm-switch at {url}/v1", f"config: {status.get('config') or '(none)'}"]
     models = status.get("models") or []
     width = max((len(m["model"]) for m in models), default=0)
-    up = [m for m in models if m.get("state") in _UP]
+    up = [m for m in models if m.get("state") in UP]
     lines.append("running: " + (", ".join(f"{m['model']} ({m['state']})" for m in up) or "none"))
     if status.get("memory_budget"):
         lines.append(f"memory budget: {format_size(status['memory_budget'])}")
