@@ -8,6 +8,8 @@
 #   ~/.local/share/llm-switch/settings        the choices of the last run, the next run's defaults
 #   ~/.local/share/llm-switch/demo-models/    the two tiny demo models (--demo only)
 #   ~/.local/bin/llm-switch                   a link to the venv's llm-switch command
+#   ~/.local/share/bash-completion/completions/llm-switch, ~/.local/share/zsh/site-functions/_llm-switch
+#                                             shell completion (`llm-switch completion bash|zsh`)
 #   ~/.config/systemd/user/llm-switch.service, llama-server@.service
 #   ~/.config/llm-switch/config.yaml, llama-server.env, models/<model>.env
 #   ~/.config/llm-switch/api-key              a random API key, mode 0600 (--lan only)
@@ -233,6 +235,8 @@ set_paths() {
     SETTINGS=$DATA_DIR/settings
     DEMO_DIR=$DATA_DIR/demo-models
     BIN_LINK=$HOME/.local/bin/llm-switch
+    BASH_COMPLETION=${BASH_COMPLETION_USER_DIR:-${XDG_DATA_HOME:-$HOME/.local/share}/bash-completion}/completions/llm-switch
+    ZSH_COMPLETION=${XDG_DATA_HOME:-$HOME/.local/share}/zsh/site-functions/_llm-switch
     UNIT_DIR=$CONF_HOME/systemd/user
     CONF_DIR=$CONF_HOME/llm-switch
     MODEL_DIR=$CONF_DIR/models
@@ -655,6 +659,19 @@ demo_models() {
     GGUF_DIR=$DEMO_DIR
 }
 
+# Tab completion of subcommands, options and model names (bash-completion loads its user
+# directory by itself; zsh needs the directory in fpath, which the summary says).
+install_completion() {
+    local shell dest
+    for shell in bash zsh; do
+        dest=$BASH_COMPLETION
+        [ "$shell" = zsh ] && dest=$ZSH_COMPLETION
+        "$VENV/bin/llm-switch" completion "$shell" >"$STAGE/completion.$shell" \
+            || err "llm-switch completion $shell failed"
+        install_file "$STAGE/completion.$shell" "$dest"
+    done
+}
+
 # Changed unit files need a daemon-reload and a restart of the service; note whether they did.
 install_units() {
     local n0=${#CHANGED[@]} unit
@@ -807,6 +824,7 @@ llm-switch listens on $BASE_URL/v1 (OpenAI-compatible; models: ${MODELS[*]}).
   model files   $MODEL_DIR/<model>.env
   follow log    journalctl --user -u llm-switch -f
   state         systemctl --user status llm-switch     or     $cmd status
+  completion    bash: in new shells; zsh: fpath+=(${ZSH_COMPLETION%/*}) before compinit in ~/.zshrc
 EOF
 }
 
@@ -904,6 +922,7 @@ install() {
     install_units
     install_config_files
     link_command
+    install_completion
 
     step "Service: $SERVICE"
     reload_manager

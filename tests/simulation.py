@@ -528,7 +528,7 @@ class World:
         self.note("request for %s (at %.3f): %s", request.model, request.at, outcome.result)
 
     async def _ask(self, request: Request, outcome: Outcome) -> None:
-        """What http/proxy.py does: use the model; a backend found gone is forgotten and used again."""
+        """What http/pipeline.py does: use the model; a backend found gone is forgotten and used again."""
         scheduler = self.scheduler
         model = scheduler.config.models.get(scheduler.chosen(request.model))
         if model is None:

@@ -1,10 +1,14 @@
-"""The command line as a user meets it: ``llm-switch check`` and ``serve`` against a real manager."""
+"""The command line as a user meets it, against a real manager and a real switch: `check`, `serve`,
+and the commands that ask the running switch (`ps`, `ls`, `status --json`, `unload`, `reload`)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
+
+import pytest
 
 from support.harness import _listen_of, free_port, http_get, wait_for
 
@@ -61,3 +65,86 @@ def test_config_found_through_the_environment_variable(deploy):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
 
+
+
+# -- the commands that ask the running switch ---------------------------------------------------
+
+
+def test_ps_ls_status_json_and_unload_with_no_name_stop_everything(deploy):
+    a = deploy.scripted_unit("a", {})
+    b = deploy.scripted_unit("b", {})
+    daemon = deploy.up({"a": {"unit": a.unit, "url": a.url, "aliases": ["first"], "memory": "1G"},
+                        "b": {"unit": b.unit, "url": b.url, "memory": "1G"}}, memory_budget="4G")
+    config = str(daemon.config_path)
+    listed = deploy.cli("ls", "--config", config)
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[:3] for line in listed.stdout.splitlines()] == [
+        ["NAME", "ALIASES", "MEMORY"], ["a", "first", "1G"], ["b", "-", "1G"]]
+    assert deploy.cli("ls", "--names", "--config", config).stdout.split() == ["a", "first", "b"]
+    assert deploy.cli("ps", "--config", config).stdout.strip() == "no model is running"
+
+    for name in ("first", "b"):
+        done = deploy.cli("load", name, "--config", config)
+        assert done.returncode == 0, done.stderr
+    ps = deploy.cli("ps", "--config", config)
+    assert ps.returncode == 0, ps.stderr
+    rows = [line.split() for line in ps.stdout.splitlines()]
+    assert rows[0][:3] == ["NAME", "STATE", "MEMORY"]
+    assert sorted((r[0], r[1]) for r in rows[1:]) == [("a", "ready"), ("b", "ready")], ps.stdout
+    status = deploy.cli("status", "--json", "--config", config)
+    assert status.returncode == 0, status.stderr
+    assert {m["model"]: m["state"] for m in json.loads(status.stdout)["models"]} == {"a": "ready", "b": "ready"}
+
+    unloaded = deploy.cli("unload", "--config", config)
+    assert unloaded.returncode == 0, unloaded.stderr
+    assert sorted(unloaded.stdout.strip().removeprefix("unloaded ").split(", ")) == ["a", "b"]
+    assert deploy.um.active_units(f"*-{deploy.tag}@*") == []
+    assert deploy.cli("unload", "--config", config).stdout.strip() == "no model was running"
+
+
+def test_reload_says_whether_the_new_config_applied_or_why_it_was_refused(deploy):
+    a = deploy.scripted_unit("a", {})
+    b = deploy.scripted_unit("b", {})
+    daemon = deploy.up({"a": {"unit": a.unit, "url": a.url}})
+    config = str(daemon.config_path)
+    deploy.write_config({"a": {"unit": a.unit, "url": a.url}, "b": {"unit": b.unit, "url": b.url}},
+                        listen=daemon.listen)
+    done = deploy.cli("reload", "--config", config)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"reloaded {config}: 2 models: a, b"), done.stdout
+    assert [m["model"] for m in daemon.get_json("/status")["models"]] == ["a", "b"]
+
+    deploy.write_config({"a": {"unit": a.unit, "url": a.url}, "b": {"unit": "b", "url": b.url}}, listen=daemon.listen)
+    refused = deploy.cli("reload", "--config", config)
+    assert refused.returncode == 1, refused
+    assert refused.stderr.startswith("llm-switch reload: reload refused, the running config stays in force:")
+    assert "models.b.unit" in refused.stderr
+    assert [m["model"] for m in daemon.get_json("/status")["models"]] == ["a", "b"]
+    last = daemon.get_json("/reload")["last"]
+    assert last["applied"] is False and "models.b.unit" in last["reason"]
+
+    # SIGHUP (systemctl reload) takes the same path; its outcome is GET /reload's too
+    deploy.write_config({"a": {"unit": a.unit, "url": a.url}}, listen=daemon.listen)
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: (daemon.get_json("/reload")["last"] or {}).get("applied"), 30, what="the SIGHUP reload")
+    assert [m["model"] for m in daemon.get_json("/status")["models"]] == ["a"]
+
+
+def test_the_switch_serves_its_own_openapi_description(deploy):
+    a = deploy.scripted_unit("a", {})
+    daemon = deploy.up({"a": {"unit": a.unit, "url": a.url}})
+    doc = daemon.get_json("/openapi.json")
+    assert doc["openapi"].startswith("3.1.")
+    assert {"/status", "/load/{model}", "/reload", "/v1/{tail}", "/api/chat", "/v1/messages"} <= set(doc["paths"])
+
+
+@pytest.mark.parametrize("args", [("status",), ("status", "--json"), ("ps",), ("load", "a"), ("unload",),
+                                  ("unload", "a"), ("logs", "a"), ("reload",)])
+def test_every_command_says_the_same_when_the_switch_is_not_running(deploy, args):
+    listen = f"127.0.0.1:{free_port()}"
+    config = deploy.write_config({"a": "a.service"}, listen=listen)
+    res = deploy.cli(*args, "--config", str(config))
+    assert res.returncode == 3, res
+    assert res.stderr.splitlines()[0] == f"llm-switch is not running at http://{listen}: Connection refused", res.stderr
+    if args != ("status",):  # status goes on with systemd's view, on stdout
+        assert res.stdout == ""

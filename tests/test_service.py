@@ -253,7 +253,7 @@ def test_status_command_from_the_daemon_then_from_systemd(um, svc):
     try:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 3, out.stdout + out.stderr
-        assert "does not answer" in out.stdout
+        assert out.stderr.startswith(f"llm-switch is not running at {svc.url}: "), out.stderr  # as every command says
         assert "llm-switch.service: inactive" in out.stdout
         assert re.search(r"demo-b\s+active\s+llama-server@demo-b\.service", out.stdout), out.stdout
         assert re.search(r"demo-a\s+inactive", out.stdout), out.stdout

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -126,47 +127,65 @@ def test_setup_yes_ends_with_the_service_enabled_active_and_answering(um, instal
     bge_port = installed.backend_port + 1
     assert f"url: http://127.0.0.1:{bge_port} " in config
     assert f"LLAMA_ARG_PORT={bge_port}\n" in (um.conf_dir / "models" / "bge-m3.env").read_text()
+    # shell completion for bash and zsh, as `llm-switch completion SHELL` prints it
+    share = um.home / ".local" / "share"
+    for shell, path in (("bash", share / "bash-completion" / "completions" / "llm-switch"),
+                        ("zsh", share / "zsh" / "site-functions" / "_llm-switch")):
+        printed = subprocess.run([str(um.data_dir / "venv" / "bin" / "llm-switch"), "completion", shell],
+                                 capture_output=True, text=True, timeout=60)
+        assert printed.returncode == 0 and path.read_text() == printed.stdout, printed.stderr
 
 
 def test_shipped_model_files_run_on_a_real_llama_server(um, installed):
     """The five model files (q8_0 KV cache, override-tensor, big contexts, sampling flags in
     LLAMA_ARGS) start llama-server for real, one at a time, bound to loopback; bge-m3 on its own
     port, the next after --backend-port."""
-    _f16_cache_where_the_wheel_cannot_run_q8_0(um)
-    for name in REAL_MODELS:
-        port = installed.backend_port + 1 if name == "bge-m3" else installed.backend_port
-        if name == "bge-m3":
-            status, body = request(installed.url + "/v1/embeddings",
-                                   {"model": name, "input": "hello"}, timeout=180)
-            assert status == 200, body
-            assert len(body["data"][0]["embedding"]) == 128
-        else:
-            status, body = chat(installed.url, name)
-            assert status == 200, (name, body, service_debug(um))
-            assert body["model"] == name
-        unit = f"llama-server@{name}.service"
-        assert um.active_units("llama-server@*") == [unit]
-        listeners = _tcp_listeners(port)
-        assert listeners == {"127.0.0.1"}, (name, port, listeners)
-    pid = um.show("llama-server@bge-m3.service", "MainPID")["MainPID"]
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    assert b"--host" in argv and argv[argv.index(b"--host") + 1] == b"127.0.0.1"
+    undo = _f16_cache_where_the_wheel_cannot_run_q8_0(um)
+    try:
+        for name in REAL_MODELS:
+            port = installed.backend_port + 1 if name == "bge-m3" else installed.backend_port
+            if name == "bge-m3":
+                status, body = request(installed.url + "/v1/embeddings",
+                                       {"model": name, "input": "hello"}, timeout=180)
+                assert status == 200, body
+                assert len(body["data"][0]["embedding"]) == 128
+            else:
+                status, body = chat(installed.url, name)
+                assert status == 200, (name, body, service_debug(um))
+                assert body["model"] == name
+            unit = f"llama-server@{name}.service"
+            assert um.active_units("llama-server@*") == [unit]
+            listeners = _tcp_listeners(port)
+            assert listeners == {"127.0.0.1"}, (name, port, listeners)
+        pid = um.show("llama-server@bge-m3.service", "MainPID")["MainPID"]
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert b"--host" in argv and argv[argv.index(b"--host") + 1] == b"127.0.0.1"
+    finally:
+        undo()
 
 
-def _f16_cache_where_the_wheel_cannot_run_q8_0(um: HomeManager) -> None:
+def _f16_cache_where_the_wheel_cannot_run_q8_0(um: HomeManager) -> Callable[[], None]:
     """The pinned test wheel's CPU kernel for a q8_0 KV cache uses AVX-VNNI: on a CPU without it
     (AMD Zen 4, for one) llama-server dies of SIGILL at its first request. There the units get
     an f16 KV cache from one more EnvironmentFile (a later file's values win); everything else in
-    the shipped model files runs as shipped."""
+    the shipped model files runs as shipped. Returns what takes both away again, so that the
+    tests after it (uninstall) see only setup.sh's own files."""
     flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split()
     if "avx_vnni" in flags:
-        return
-    override = um.conf_dir / "test-cpu-without-avx-vnni.env"
+        return lambda: None
+    override = um.dir / "test-cpu-without-avx-vnni.env"
     override.write_text("LLAMA_ARG_CACHE_TYPE_K=f16\nLLAMA_ARG_CACHE_TYPE_V=f16\n")
     drop_in = um.unit_dir / "llama-server@.service.d"
     drop_in.mkdir(exist_ok=True)
     (drop_in / "test-cpu.conf").write_text(f"[Service]\nEnvironmentFile={override}\n")
     um.daemon_reload()
+
+    def undo() -> None:
+        shutil.rmtree(drop_in)
+        override.unlink()
+        um.daemon_reload()
+
+    return undo
 
 
 def _tcp_listeners(port: int) -> set[str]:

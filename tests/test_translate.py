@@ -1,6 +1,6 @@
 """The pure parts of the other clients' routes, table by table: Ollama ↔ OpenAI translation, the
-Anthropic history repair and error shape, the multipart field scanner, the error shapes by route,
-the LiteLLM model list. No I/O."""
+Anthropic history repair and error shape, the multipart field scanner, the wire dialects and the
+rewrites of an answer, the LiteLLM model list. No I/O."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ import pytest
 
 from llm_switch.cli.litellm import base_url, model_list
 from llm_switch.errors import QueueFull, UnknownModel
-from llm_switch.http import ollama_translate as tr
-from llm_switch.http.anthropic import anthropic_error, repair_tool_uses
-from llm_switch.http.errors import error_body, in_band_error
+from llm_switch.errors import ShuttingDown
+from llm_switch.http.dialects import ANTHROPIC, OLLAMA, OPENAI, dialect_for
+from llm_switch.http.errors import error_body
 from llm_switch.http.multipart import FieldScanner, MalformedForm, boundary_of, field_name
+from llm_switch.http.rewrite import Head, Rewrite, hold_whole, then
+from llm_switch.repair import StreamRepair
+from llm_switch.translate import ollama as tr
+from llm_switch.translate.anthropic import anthropic_error, repair_tool_uses
 
 pytestmark = pytest.mark.unit
 
@@ -190,9 +194,63 @@ def test_error_shapes_by_path():
         "type": "error", "error": {"type": "not_found_error", "message": e.message}}
     assert error_body("/api/chat", 404, e.message, e.type, e.code) == {"error": e.message}
     q = QueueFull("busy", retry_after=2)
-    assert in_band_error("/v1/messages", q).startswith(b"event: error\ndata: {\"type\": \"error\"")
-    assert json.loads(in_band_error("/api/chat", q)) == {"error": "busy"}
-    assert in_band_error("/v1/chat/completions", q).startswith(b"data: {\"error\": {")
+    assert dialect_for("/v1/messages").in_band(q).startswith(b"event: error\ndata: {\"type\": \"error\"")
+    assert json.loads(dialect_for("/api/chat").in_band(q)) == {"error": "busy"}
+    assert dialect_for("/v1/chat/completions").in_band(q).startswith(b"data: {\"error\": {")
+
+
+@pytest.mark.parametrize("dialect, keep_alive, own_error", [
+    (OPENAI, b": loading m\n\n", b'data: {"error": {"message": "x"}}\n\n'),
+    (ANTHROPIC, b": loading m\n\n", None),  # the message goes into Anthropic's shape instead
+    (OLLAMA, None, None),  # NDJSON has no line a client ignores
+])
+def test_dialect_keep_alive_and_backend_errors(dialect, keep_alive, own_error):
+    assert dialect.keep_alive("loading m") == keep_alive
+    assert dialect.backend_error({"error": {"message": "x"}}) == own_error
+    assert dialect.backend_error("not an error") is None
+
+
+# -- rewrites of an answer ----------------------------------------------------------------------
+
+
+def test_head_and_hold_whole():
+    assert Head(200, "text/event-stream").event_stream and not Head(200, "application/json").event_stream
+    whole = hold_whole(bytes.upper, "text/plain")
+    assert whole.feed(b"ab") == b"" and whole.feed(b"c") == b""
+    assert whole.close() == b"ABC" and whole.content_type == "text/plain"
+
+
+def test_then_feeds_the_first_into_the_second():
+    first = Rewrite(bytes.upper, lambda: b"<end>", None, lambda: b"<cut>")
+    second = Rewrite(lambda b: b"[" + b + b"]", lambda: b"!", "text/x")
+    both = then(first, second)
+    assert both.feed(b"a") == b"[A]" and both.content_type == "text/x"
+    assert both.close() == b"[<end>]!"
+    assert both.cut_short() == b"[<cut>]!"  # cut: the second has no cut of its own, so its close
+    assert then(None, second) is second
+
+
+TOOL_CALL_BEGUN = [{"choices": [{"index": 0, "delta": {"content": "ok"}}]},
+                   {"choices": [{"index": 0, "delta": {"tool_calls": [
+                       {"index": 0, "id": "c1", "function": {"name": "get", "arguments": '{"q": "x'}}]}}]}]
+
+
+def test_ollama_stream_cut_sends_held_calls_repaired_and_no_done_line():
+    stream = tr.NDJSONStream("chat", "m", clock=lambda: 0.0)
+    lines = _lines(stream.feed(_sse(*TOOL_CALL_BEGUN)) + stream.cut())
+    assert [ln["message"]["content"] for ln in lines] == ["ok", ""]
+    assert lines[1]["message"]["tool_calls"] == [{"function": {"index": 0, "name": "get", "arguments": {"q": "x"}}}]
+    assert [ln["done"] for ln in lines] == [False, False]  # no `done: true`: the error line follows
+    assert stream.feed(_sse({"choices": [{"index": 0, "delta": {"content": "late"}}]})) == b""
+
+
+def test_ollama_stream_cut_through_tool_call_repair():
+    fixer, ndjson = StreamRepair(True), tr.NDJSONStream("chat", "m", clock=lambda: 0.0)
+    both = then(Rewrite(fixer.feed, fixer.close), Rewrite(ndjson.feed, ndjson.close, tr.NDJSON, ndjson.cut))
+    lines = _lines(both.feed(_sse(*TOOL_CALL_BEGUN)) + both.cut_short())
+    assert lines[-1]["message"]["tool_calls"][0]["function"]["arguments"] == {"q": "x"}
+    assert not any(ln["done"] for ln in lines)
+    assert json.loads(OLLAMA.in_band(ShuttingDown("stopped"))) == {"error": "stopped"}
 
 
 # -- multipart ------------------------------------------------------------------------------------

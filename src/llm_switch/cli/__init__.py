@@ -1,70 +1,60 @@
-"""`llm-switch serve | check | status | load | unload | logs | litellm-config | add | remove | import`: parse arguments, load the
-config, set up logging, run."""
+"""`llm-switch COMMAND`: parse arguments (cli/parser.py), set up logging, run the subcommand.
+Every subcommand that asks the running switch reports its absence the same way (cli/client.py)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import sys
 from dataclasses import replace
 
 import uvloop
 
-from .. import __doc__ as __package_doc__
 from .. import config as config_mod
 from ..config import Config
 from ..config.keys import check_exposure
 from ..errors import ConfigError, SwitchError
 from ..observe.logging import setup_logging
+from . import client
+from . import parser as parser_mod
 
 log = logging.getLogger("llm_switch")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llm-switch", description=__package_doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve_p = sub.add_parser("serve", help="run the switch")
-    serve_p.add_argument("--config", help="config file (default: $LLM_SWITCH_CONFIG, "
-                                          "~/.config/llm-switch/config.yaml, ./config.yaml)")
-    serve_p.add_argument("--listen", help="HOST:PORT to listen on (overrides the config)")
-    serve_p.add_argument("--debug", action="store_true", help="log debug lines too")
-    check_p = sub.add_parser("check", help="validate the config and ask systemd about every unit")
-    check_p.add_argument("--config")
-    status_p = sub.add_parser("status", help="what is running, starting or failed, and the last switches")
-    status_p.add_argument("--config")
-    status_p.add_argument("--url", help="the switch's base URL (default: from the config's listen)")
-    for name, what in (("load", "start a model (through the queue, as a request would) and wait until it is ready"),
-                       ("unload", "stop a model after its requests finish"),
-                       ("logs", "a model's log: its unit's journal lines")):
-        control_p = sub.add_parser(name, help=what)
-        control_p.add_argument("model")
-        control_p.add_argument("--config")
-        control_p.add_argument("--url", help="the switch's base URL (default: from the config's listen)")
-        if name == "logs":
-            control_p.add_argument("-f", "--follow", action="store_true", help="print new lines as they come")
-            control_p.add_argument("-n", "--lines", type=int, default=100, help="how many past lines (default 100)")
-    litellm_p = sub.add_parser("litellm-config", help="print a LiteLLM proxy config for the models of one or "
-                                                       "more switches (one per machine)")
-    litellm_p.add_argument("--host", action="append", metavar="URL",
-                           help="a switch's URL, e.g. http://gpu-box:3002 (repeat for more; default: this "
-                                "machine's, from the config)")
-    litellm_p.add_argument("--api-key", help="the key LiteLLM sends to the switches (default: none)")
-    litellm_p.add_argument("--config")
-    args = _parse(parser, sub, list(sys.argv[1:] if argv is None else argv))
-
+    args = _parse(parser_mod.build(), list(sys.argv[1:] if argv is None else argv))
     setup_logging(logging.DEBUG if getattr(args, "debug", False) else logging.INFO)
-    if args.command == "status":
-        from . import status
-        return status.run(args)
-    if args.command in ("load", "unload", "logs"):
-        from . import control
-        return control.run(args)
-    if args.command in ("add", "remove", "import"):
-        return _own_models(args)
-    if args.command == "litellm-config":
-        from . import litellm
-        return litellm.run(args)
+    if args.command in ("serve", "check"):
+        return _serve_or_check(args)
+    try:
+        return _run(args)
+    except client.NotRunning as e:
+        return e.report()
+    except client.Refused as e:
+        print(f"llm-switch {args.command}: {e.message}", file=sys.stderr)
+        return client.REFUSED
+    except ConfigError as e:  # a --url that is no address, a config the subcommand cannot use
+        print(f"llm-switch {args.command}: {e.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+# subcommand → the module and function that run it, imported when used (a tab press runs `ls`)
+_RUNNERS = {"status": "status:run", "ps": "listing:run_ps", "ls": "listing:run_ls", "load": "control:run",
+            "unload": "control:run", "logs": "control:run", "reload": "control:run", "add": "add:run",
+            "remove": "add:run", "import": "importer:run", "litellm-config": "litellm:run",
+            "completion": "completion:run"}
+
+
+def _run(args) -> int:
+    module, function = _RUNNERS[args.command].split(":")
+    return getattr(importlib.import_module(f".{module}", __name__), function)(args)
+
+
+def _serve_or_check(args) -> int:
     try:
         config = load_config(args.config, getattr(args, "listen", None))
     except ConfigError as e:
@@ -83,41 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _parse(parser: argparse.ArgumentParser, sub, argv: list[str]) -> argparse.Namespace:
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """argparse, with what follows `--` kept apart: `add ... -- LLAMA-SERVER-ARGS`."""
-    _own_models_commands(sub)
     cut = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:cut])
     args.llama_args = argv[cut + 1:]
     if args.llama_args and args.command != "add":
         parser.error("arguments after -- are for `llm-switch add` only")
     return args
-
-
-def _own_models(args) -> int:
-    from . import add, importer
-    return (importer if args.command == "import" else add).run(args)
-
-
-def _own_models_commands(sub) -> None:
-    add_p = sub.add_parser("add", usage="llm-switch add NAME MODEL.gguf [--ctx N] [--alias A]... [--port P] "
-                                        "[-- LLAMA-SERVER-ARGS...]",
-                           help="add a GGUF file of your own as a model (models/NAME.env and config.yaml)",
-                           description="Everything after -- goes to llama-server (as its LLAMA_ARG_* "
-                                       "variable where it has one, else in LLAMA_ARGS).")
-    add_p.add_argument("name", help="the model's name (letters, digits, '.', '_', '-')")
-    add_p.add_argument("model", help="the .gguf file")
-    add_p.add_argument("--ctx", type=int, help="context size (default: the model's own)")
-    add_p.add_argument("--alias", action="append", default=[], help="another name clients may use (repeat)")
-    add_p.add_argument("--port", type=int, help="the port its llama-server listens on (default: the shared "
-                                                "backend port; a free one of its own when memory_budget is set)")
-    add_p.add_argument("--config")
-    remove_p = sub.add_parser("remove", help="undo `llm-switch add NAME` (model files you changed are kept)")
-    remove_p.add_argument("name")
-    remove_p.add_argument("--config")
-    import_p = sub.add_parser("import", help="print an llm-switch config made from a llama-swap config.yaml "
-                                             "(what cannot be carried over goes to stderr)")
-    import_p.add_argument("path", help="llama-swap's config.yaml")
 
 
 def load_config(explicit: str | None, listen: str | None = None) -> Config:

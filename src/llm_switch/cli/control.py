@@ -1,72 +1,56 @@
-"""`llm-switch load | unload | logs MODEL`: ask the running switch (`POST /load/{model}`,
-`POST /unload/{model}`, `GET /logs/{model}`), with the config's key where it has keys."""
+"""`llm-switch load | unload [MODEL] | logs MODEL | reload`: ask the running switch
+(`POST /load/{model}`, `POST /unload[/{model}]`, `GET /logs/{model}`, `POST /reload`)."""
 
 from __future__ import annotations
 
-import json
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 
-from ..config import DEFAULT_LISTEN
-from .status import _config, _url_of
-
-NOT_ANSWERING = 3
+from .client import Switch
 
 
 def run(args) -> int:
-    config, config_note = _config(getattr(args, "config", None))
-    url = (getattr(args, "url", None) or _url_of(config.listen if config else DEFAULT_LISTEN)).rstrip("/")
-    key = next((k.secret for k in getattr(config, "api_keys", ()) if k.models is None), None)
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    model = urllib.parse.quote(args.model, safe="")
+    switch = Switch.from_args(args)
     if args.command == "logs":
-        query = urllib.parse.urlencode({"lines": args.lines, **({"follow": "1"} if args.follow else {})})
-        request = urllib.request.Request(f"{url}/logs/{model}?{query}", headers=headers)
-        timeout = None if args.follow else 30
-    else:
-        request = urllib.request.Request(f"{url}/{args.command}/{model}", method="POST", headers=headers)
-        timeout = None  # a load takes as long as the model takes (health_timeout bounds it)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            if args.command == "logs":
-                return _print_lines(resp, args.model)
-            answer = json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        print(f"llm-switch: {args.command} {args.model}: {_error_message(e)}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError) as e:
-        print(f"llm-switch does not answer at {url}: {getattr(e, 'reason', e)}", file=sys.stderr)
-        if config_note:
-            print(config_note, file=sys.stderr)
-        return NOT_ANSWERING
-    except KeyboardInterrupt:
-        return 130
+        return _logs(switch, args)
+    if args.command == "reload":
+        return _reload(switch)
+    model = urllib.parse.quote(args.model, safe="") if args.model else None
     if args.command == "load":
+        # a load takes as long as the model takes (health_timeout bounds it)
+        answer = switch.json("POST", f"/load/{model}", timeout=None)
         m = answer.get("model") or {}
-        print(f"{answer.get('loaded')}: {m.get('state')}" + (f", loaded in {m['load_s']:.2f} s" if m.get("load_s") else ""))
+        loaded = f", loaded in {m['load_s']:.2f} s" if m.get("load_s") else ""
+        print(f"{answer.get('loaded')}: {m.get('state')}{loaded}")
+        return 0
+    stopped = switch.json("POST", f"/unload/{model}" if model else "/unload", timeout=None).get("unloaded") or []
+    if stopped:
+        print(f"unloaded {', '.join(stopped)}")
     else:
-        stopped = answer.get("unloaded") or []
-        print(f"unloaded {', '.join(stopped)}" if stopped else f"{args.model} was not running")
+        print(f"{args.model} was not running" if args.model else "no model was running")
     return 0
 
 
-def _print_lines(resp, model: str) -> int:
-    seen = False
-    for raw in resp:  # line by line, as the switch sends them
-        sys.stdout.write(raw.decode(errors="replace"))
-        sys.stdout.flush()
-        seen = True
-    if not seen:
-        unit = resp.headers.get("X-Unit", "its unit")
-        print(f"(no journal lines for {model}'s unit {unit}; see `journalctl --user -u {unit}`)", file=sys.stderr)
+def _logs(switch: Switch, args) -> int:
+    query = urllib.parse.urlencode({"lines": args.lines, **({"follow": "1"} if args.follow else {})})
+    model = urllib.parse.quote(args.model, safe="")
+    with switch.open("GET", f"/logs/{model}?{query}", timeout=None if args.follow else 30) as resp:
+        seen = False
+        for raw in resp:  # line by line, as the switch sends them
+            sys.stdout.write(raw.decode(errors="replace"))
+            sys.stdout.flush()
+            seen = True
+        if not seen:
+            unit = resp.headers.get("X-Unit", "its unit")
+            print(f"(no journal lines for {args.model}'s unit {unit}; see `journalctl --user -u {unit}`)",
+                  file=sys.stderr)
     return 0
 
 
-def _error_message(e: urllib.error.HTTPError) -> str:
-    try:
-        body = json.loads(e.read())
-        return body["error"]["message"]
-    except (ValueError, KeyError, TypeError, OSError):
-        return f"HTTP {e.code} {e.reason}"
+def _reload(switch: Switch) -> int:
+    """The switch reads its config file anew; a refused one is an error answer (Refused)."""
+    outcome = switch.json("POST", "/reload", timeout=None)
+    print(f"reloaded {outcome.get('config')}: {outcome.get('message')}")
+    for note in outcome.get("notes") or ():
+        print(f"  {note}")
+    return 0

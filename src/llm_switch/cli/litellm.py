@@ -4,22 +4,21 @@ models of one or more switches, one switch per machine.
 Each switch is asked for its models (`GET /v1/models`); every name and alias becomes a
 deployment of that host. A name served by two hosts is two deployments of one `model_name`, which
 LiteLLM load-balances; a name no host serves is in no entry, so LiteLLM refuses it (there is no
-wildcard). Exit status: 0, or 3 when a switch does not answer (nothing is printed then).
+wildcard). Exit status: 0, or 3 when a switch does not answer (nothing is printed then), as in
+every subcommand (cli/client.py).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import urllib.error
 import urllib.request
 from typing import Any
 
 import yaml
 
-from .status import _config, _reason, _url_of
+from .client import NotRunning, Refused, error_message, read_config, reason_of, url_of
 
-NOT_ANSWERING = 3
 REQUEST_TIMEOUT = 600  # s: a request may wait for its model to load
 
 
@@ -53,12 +52,12 @@ def _models(url: str, api_key: str | None) -> list[dict]:
         with urllib.request.urlopen(request, timeout=10) as resp:
             data = json.loads(resp.read())
     except urllib.error.HTTPError as e:
-        raise OSError(f"HTTP {e.code}") from None
-    except (ValueError, TimeoutError) as e:
-        raise OSError(f"not a switch's model list ({e})") from None
+        raise Refused(f"{url}/v1/models: {error_message(e)}") from None
+    except (OSError, ValueError) as e:
+        raise NotRunning(url, reason_of(e) if isinstance(e, OSError) else f"not a switch's model list ({e})") from None
     models = data.get("data") if isinstance(data, dict) else None
     if not isinstance(models, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in models):
-        raise OSError("not a switch's model list")
+        raise NotRunning(url, "/v1/models is not a switch's model list: something else listens there")
     return models
 
 
@@ -66,15 +65,9 @@ def run(args: Any) -> int:
     if args.host:
         urls = [base_url(h) for h in args.host]
     else:
-        config, _ = _config(getattr(args, "config", None))
-        urls = [_url_of(config.listen) if config else "http://127.0.0.1:3002"]
-    hosts = []
-    for url in urls:
-        try:
-            hosts.append((url, _models(url, args.api_key)))
-        except OSError as e:
-            print(f"llm-switch litellm-config: {url}/v1/models: {_reason(e)}", file=sys.stderr)
-            return NOT_ANSWERING
+        config, _ = read_config(getattr(args, "config", None))
+        urls = [url_of(config.listen) if config else "http://127.0.0.1:3002"]
+    hosts = [(url, _models(url, args.api_key)) for url in urls]  # NotRunning, Refused: cli/__init__.py
     print(f"# LiteLLM proxy config for {', '.join(urls)}; made by `llm-switch litellm-config`")
     print("# run: litellm --config THIS_FILE --port 4000")
     print(yaml.safe_dump(model_list(hosts, args.api_key or "none"), sort_keys=False), end="")

@@ -1,6 +1,6 @@
 """`llm-switch serve`: a Server that builds the application's parts (systemd, the backends, the
 GPU, the prompt cache, the scheduler) and the app over them, runs until SIGTERM, and shuts down,
-owning every task it starts (the SIGHUP reload, the preload).
+owning every task it starts (the reload on SIGHUP or POST /reload, the preload).
 
 Connections are bounded where they are accepted, with aiohttp's own settings where it has them:
 - a request line and each header at most 8190 bytes, at most 64 headers (aiohttp's
@@ -34,7 +34,8 @@ from ..config.keys import check_exposure, exposure_warning
 from ..errors import SwitchError
 from ..events import EventBus
 from ..http.app import build_app
-from ..http.keys import INFLIGHT
+from ..http.keys import INFLIGHT, SCHEDULER
+from ..http.reload import RELOADER, Outcome, Reloader
 from ..observe.notify import keep_status, notify
 from ..observe.status import status_line
 from ..scheduling.memory import Gpu
@@ -62,6 +63,7 @@ class Server:
         self.events = EventBus()
         self._tasks: set[asyncio.Task] = set()
         self._stop = asyncio.Event()
+        self._reloading = asyncio.Lock()
 
     async def run(self) -> None:
         async with self._scheduler() as scheduler:  # raises before listening
@@ -88,6 +90,7 @@ class Server:
 
     async def _serve(self, scheduler: Scheduler) -> None:
         app = build_app(self.events, scheduler)
+        app[RELOADER] = Reloader(lambda: self._reload(app))
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5,
                                keepalive_timeout=self.config.header_timeout, max_line_size=MAX_LINE_SIZE,
                                max_field_size=MAX_FIELD_SIZE, max_headers=MAX_HEADERS)
@@ -114,7 +117,7 @@ class Server:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
-            loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload(scheduler), "reload"))
+            loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload(app), "reload"))
             if self.config.preload or self.config.pinned:
                 self._spawn(self._preload(scheduler), "preload")
             await self._stop.wait()
@@ -151,26 +154,41 @@ class Server:
             except SwitchError as e:
                 log.error("%s: preload failed: %s", name, e.message)
 
-    async def _reload(self, scheduler: Scheduler) -> None:
-        """SIGHUP: use the config file anew; a bad one is refused and the running one stays."""
+    async def _reload(self, app: web.Application) -> Outcome:
+        """SIGHUP or POST /reload (http/reload.py), one at a time; GET /reload shows the last outcome."""
+        async with self._reloading:
+            scheduler = app[SCHEDULER]
+            notify("RELOADING=1")
+            try:
+                outcome = await self._read_config_again(scheduler)
+            finally:
+                notify("READY=1", f"STATUS={status_line(scheduler.snapshot())}")
+            app[RELOADER].last = outcome
+            return outcome
+
+    async def _read_config_again(self, scheduler: Scheduler) -> Outcome:
+        """Use the config file anew; a bad one is refused and the running one stays."""
         from . import load_config
 
-        notify("RELOADING=1")
         current = scheduler.config  # the one source: a reload replaces it there
+        path = self.explicit_path or current.path
+        notes: tuple[str, ...] = ()
         try:
-            new = load_config(self.explicit_path or current.path)
+            new = load_config(path)
             at_start = ("listen", "max_body_bytes", "max_connections", "header_timeout")
-            if any(getattr(new, k) != getattr(current, k) for k in at_start):
-                log.warning("reload: %s take effect on restart; keeping %s", ", ".join(at_start),
-                            ", ".join(f"{k}={getattr(current, k)}" for k in at_start))
+            if changed := [k for k in at_start if getattr(new, k) != getattr(current, k)]:
+                notes = (f"{', '.join(changed)} take effect on restart; keeping "
+                         f"{', '.join(f'{k}={getattr(current, k)}' for k in changed)}",)
+                log.warning("reload: %s", notes[0])
                 new = replace(new, listen_host=current.listen_host, listen_port=current.listen_port,
                               **{k: getattr(current, k) for k in at_start[1:]})
                 check_exposure(new)  # the listen kept may need the keys the new file dropped
             await scheduler.reload(new)
         except SwitchError as e:
             log.error("reload refused, the running config stays in force: %s", e.message)
-        finally:
-            notify("READY=1", f"STATUS={status_line(scheduler.snapshot())}")
+            return Outcome(False, time.time(), str(path) if path else None, e.message)
+        in_force = f"{len(new.models)} models: {', '.join(new.models)}"
+        return Outcome(True, time.time(), str(new.path), in_force, notes)
 
 
 class ConnectionLimit:

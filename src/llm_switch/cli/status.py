@@ -1,8 +1,8 @@
 """`llm-switch status`: what runs, starts or failed, the config in use, the last switches.
 
-Asks the daemon (`GET /status`); when it does not answer, asks the user manager over D-Bus
-about llm-switch.service and the configured units instead. Exit status: 0 when the daemon
-answered, 3 when it did not (as `systemctl status` does for a unit that is not running).
+Asks the daemon (`GET /status`; `--json` prints its answer as is); when it does not answer, says
+so as every subcommand does (cli/client.py) and asks the user manager over D-Bus about
+llm-switch.service and the configured units instead.
 """
 
 from __future__ import annotations
@@ -10,69 +10,26 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.error
-import urllib.request
-from typing import Any
 
-from .. import config as config_mod
-from ..config import DEFAULT_LISTEN, Config, format_size
-from ..errors import ConfigError, SwitchError
+from ..config import Config, format_size
+from ..errors import SwitchError
+from .client import NotRunning, Switch
+from .listing import UP
 
 SERVICE = "llm-switch.service"
-NOT_ANSWERING = 3
-_UP = ("ready", "starting", "stopping")
 
 
 def run(args) -> int:
-    config, config_note = _config(getattr(args, "config", None))
-    url = (getattr(args, "url", None) or _url_of(config.listen if config else DEFAULT_LISTEN)).rstrip("/")
+    switch = Switch.from_args(args)
     try:
-        status = _get_json(url + "/status", _admin_key(config))
-    except OSError as e:
-        print(f"llm-switch does not answer at {url}: {_reason(e)}")
-        if config_note:
-            print(config_note)
-        print(_from_systemd(config))
-        return NOT_ANSWERING
-    print(render(status, url, time.time()))
+        status = switch.json("GET", "/status", timeout=5)
+    except NotRunning as e:
+        code = e.report()
+        if not args.json:  # a script reading --json gets nothing but the exit status
+            print(_from_systemd(switch.config))
+        return code
+    print(json.dumps(status, indent=2) if args.json else render(status, switch.url, time.time()))
     return 0
-
-
-def _config(explicit: str | None) -> tuple[Config | None, str | None]:
-    path = config_mod.find_path(explicit)
-    try:
-        return config_mod.load(path), None
-    except ConfigError as e:
-        return None, f"config: {e.message}"
-
-
-def _url_of(listen: str) -> str:
-    """A URL to reach the daemon at its listen address (a wildcard address means loopback)."""
-    host, port = config_mod.parse_listen(listen, "listen")
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def _admin_key(config: Config | None) -> str | None:
-    """A configured key good for /status (one without `models`), if the config has keys."""
-    return next((k.secret for k in config.api_keys if k.models is None), None) if config else None
-
-
-def _get_json(url: str, key: str | None = None, timeout: float = 5.0) -> Any:
-    """GET url → JSON; OSError (URLError is one) when nothing usable answers."""
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        raise OSError(f"HTTP {e.code} from {url}") from None
-    except (ValueError, TimeoutError) as e:  # not JSON: something else listens there
-        raise OSError(f"{url} did not answer with JSON ({e})") from None
-
-
-def _reason(e: OSError) -> str:
-    reason = getattr(e, "reason", None) or e.strerror or e
-    return str(getattr(reason, "strerror", None) or reason)
 
 
 # -- the daemon's view ------------------------------------------------------------------------
@@ -82,7 +39,7 @@ def render(status: dict, url: str, now: float) -> str:
     lines = [f"llm-switch at {url}/v1", f"config: {status.get('config') or '(none)'}"]
     models = status.get("models") or []
     width = max((len(m["model"]) for m in models), default=0)
-    up = [m for m in models if m.get("state") in _UP]
+    up = [m for m in models if m.get("state") in UP]
     lines.append("running: " + (", ".join(f"{m['model']} ({m['state']})" for m in up) or "none"))
     if status.get("memory_budget"):
         lines.append(f"memory budget: {format_size(status['memory_budget'])}")

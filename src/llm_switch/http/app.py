@@ -8,7 +8,7 @@ from ..events import EventBus
 from ..observe.middleware import observe_requests
 from ..observe.prometheus import Metrics
 from ..scheduling.scheduler import Scheduler
-from . import admin, anthropic, json_body, logs, native, ollama, openai, ui
+from . import admin, anthropic, json_body, logs, native, ollama, openai, openapi, reload, ui
 from .auth import require_key
 from .errors import openai_errors
 from .guard import cors_headers, guard
@@ -36,4 +36,5 @@ def build_app(events: EventBus, scheduler: Scheduler) -> web.Application:
     app.on_shutdown.append(logs.end_live_streams)
     app.add_routes(admin.ROUTES + logs.ROUTES + ui.ROUTES + anthropic.ROUTES + ollama.ROUTES + native.ROUTES
                    + openai.ROUTES)
+    app.add_routes(reload.ROUTES + openapi.ROUTES)
     return app

@@ -11,11 +11,13 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from ..config import Model
 from ..errors import BadRequest, RequestTooLarge, UnknownModel
+from .dialects import OPENAI
 from .keys import SCHEDULER
 from .multipart import FieldScanner, MalformedForm, boundary_of
 from .openai import forward
-from .proxy import check_length, model_named, switch_and_relay
+from .pipeline import Body, Call, ModelRoute, check_length, model_named
 from .relay import upstream_headers
 
 CHUNK = 64 * 1024
@@ -55,6 +57,21 @@ def _send_headers(request: web.Request, keep_encoding: bool = False) -> dict[str
     return headers
 
 
+async def _as_uploaded(request: web.Request, model: Model, payload: None, body: Body) -> Call:
+    return Call(body, headers=_send_headers(request))
+
+
+async def _to_its_path(request: web.Request, model: Model, payload: None, body: Body) -> Call:
+    path = upstream_target(request.raw_path if request.raw_path.startswith("/") else request.rel_url.raw_path_qs)
+    # the web UI's files are stored compressed: let them through as they are (the relay does not decompress)
+    return Call(body, path=path, headers=_send_headers(request, keep_encoding=True))
+
+
+# the model's name is in a form field, or in the path: these routes find it themselves
+_AUDIO = ModelRoute(OPENAI, _as_uploaded)
+_UPSTREAM = ModelRoute(OPENAI, _to_its_path)
+
+
 async def audio(request: web.Request) -> web.StreamResponse:
     """POST /v1/audio/transcriptions and /translations: read the form only up to its `model`
     field, then stream the whole body to that model's server."""
@@ -82,8 +99,7 @@ async def audio(request: web.Request) -> web.StreamResponse:
                 raise BadRequest(f"malformed multipart body: {e}", "invalid_multipart") from None
         model = model_named(config, scanner.value.strip() if scanner.value is not None else None,
                             "a multipart form with a `model` field")
-        upload = Upload(head, request, read, config.max_body_bytes)
-        return await switch_and_relay(request, model, upload, send_headers=_send_headers(request))
+        return await _AUDIO.to_model(request, model, None, Upload(head, request, read, config.max_body_bytes))
     finally:
         head.close()
 
@@ -96,11 +112,8 @@ async def upstream(request: web.Request) -> web.StreamResponse:
     if model is None:
         raise UnknownModel.named(name, scheduler.config.known())
     check_length(request, scheduler.config)
-    path = upstream_target(request.raw_path if request.raw_path.startswith("/") else request.rel_url.raw_path_qs)
     body = Upload(None, request, 0, scheduler.config.max_body_bytes) if request.body_exists else b""
-    # the web UI's files are stored compressed: let them through as they are (the relay does not decompress)
-    return await switch_and_relay(request, model, body, path=path,
-                                  send_headers=_send_headers(request, keep_encoding=True))
+    return await _UPSTREAM.to_model(request, model, None, body)
 
 
 def upstream_target(raw: str) -> str:

@@ -1,6 +1,6 @@
 """The Ollama API, for clients that speak only it (Copilot Chat's and JetBrains' Ollama providers,
 Zed, Open WebUI's Ollama connection, the `ollama` libraries): each route is translated to the
-backend's OpenAI routes (http/ollama_translate.py) and switched like any other request.
+backend's OpenAI routes (translate/ollama.py) and switched like any other request.
 
 `keep_alive: 0` unloads the model once the answer is out; other values leave the switch's own
 rules (idle_unload, the memory budget) in charge. `/api/ps` is the switch's state."""
@@ -17,15 +17,16 @@ from typing import Any
 from aiohttp import web
 
 from .. import repair
-from ..backends.upstream import Answer
 from ..config import Config, Model
 from ..scheduling.policy import State
 from ..scheduling.scheduler import Scheduler
 from ..scheduling.snapshot import ModelSnapshot
-from . import ollama_translate as tr
+from ..translate import ollama as tr
+from .dialects import OLLAMA
 from .keys import SCHEDULER
-from .proxy import model_named, read_json, switch_and_relay
-from .relay import Rewrite, is_event_stream, upstream_headers
+from .pipeline import Body, Call, ModelRoute, model_named, read_json
+from .relay import upstream_headers
+from .rewrite import Head, Rewrite, Transform, hold_whole, then
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +34,12 @@ log = logging.getLogger(__name__)
 OLLAMA_VERSION = "0.12.0"
 
 
-def _resolve(config: Config, name: Any) -> Model:
+def _name(config: Config, payload: Any) -> Any:
     """Ollama clients may add the default tag: `coder:latest` is `coder`."""
+    name = payload.get("model") if isinstance(payload, dict) else None
     if isinstance(name, str) and config.resolve(name) is None and name.endswith(":latest"):
         name = name[: -len(":latest")]
-    return model_named(config, name, "a JSON object with a string `model`")
-
-
-async def _read(request: web.Request) -> tuple[dict, Model]:
-    """The request's JSON object and the model it names."""
-    _, payload = await read_json(request)
-    payload = payload if isinstance(payload, dict) else {}
-    return payload, _resolve(request.app[SCHEDULER].config, payload.get("model"))
+    return name
 
 
 def _details() -> dict:
@@ -62,52 +57,48 @@ def _size(model: ModelSnapshot) -> tuple[int, int]:
 # -- answers, translated ----------------------------------------------------------------------
 
 def _translated(model: str, whole: Callable[[Any], dict], kind: str | None, repair_calls: bool,
-                tools_offered: bool) -> Callable[[Answer], Rewrite]:
-    """A `relay` transform: the backend's errors as `{"error": message}`, its SSE stream as NDJSON
-    (`kind`), a whole answer through `whole`."""
+                tools_offered: bool) -> Transform:
+    """The backend's errors as `{"error": message}`, its SSE stream as NDJSON (`kind`), a whole
+    answer through `whole`."""
 
-    def transform(upstream: Answer) -> Rewrite:
-        if upstream.status == 200 and is_event_stream(upstream) and kind is not None:
+    def transform(head: Head) -> Rewrite:
+        if head.status == 200 and head.event_stream and kind is not None:
             ndjson = tr.NDJSONStream(kind, model)
+            lines = Rewrite(ndjson.feed, ndjson.close, tr.NDJSON, ndjson.cut)
             if not repair_calls:
-                return Rewrite(ndjson.feed, ndjson.close, tr.NDJSON)
+                return lines
             fixer = repair.StreamRepair(tools_offered)  # lifts calls written as text, as on /v1
-            return Rewrite(lambda chunk: ndjson.feed(fixer.feed(chunk)),
-                           lambda: ndjson.feed(fixer.close()) + ndjson.close(), tr.NDJSON)
-        held = bytearray()
-
-        def close() -> bytes:
-            if upstream.status != 200:
-                return json.dumps({"error": tr.error_message(bytes(held))}).encode()
-            try:
-                body = json.loads(held)
-            except (ValueError, RecursionError):
-                return json.dumps({"error": "the backend's answer is not JSON"}).encode()
-            if repair_calls and isinstance(body, dict):
-                repair.repair_completion(body, tools_offered)
-            return json.dumps(whole(body), ensure_ascii=False).encode()
-
-        return Rewrite(lambda chunk: held.extend(chunk) or b"", close, "application/json")
+            return then(Rewrite(fixer.feed, fixer.close), lines)
+        return hold_whole(lambda held: _whole_answer(head.status, held, whole, repair_calls, tools_offered),
+                          "application/json")
 
     return transform
 
 
-async def _relay_translated(request: web.Request, model: Model, path: str, body: dict,
-                            whole: Callable[[Any], dict], kind: str | None, keep_alive: float | None
-                            ) -> web.StreamResponse:
+def _whole_answer(status: int, held: bytes, whole: Callable[[Any], dict], repair_calls: bool,
+                  tools_offered: bool) -> bytes:
+    if status != 200:
+        return json.dumps({"error": tr.error_message(held)}).encode()
+    try:
+        body = json.loads(held)
+    except (ValueError, RecursionError):
+        return json.dumps({"error": "the backend's answer is not JSON"}).encode()
+    if repair_calls and isinstance(body, dict):
+        repair.repair_completion(body, tools_offered)
+    return json.dumps(whole(body), ensure_ascii=False).encode()
+
+
+def _call(request: web.Request, model: Model, path: str, body: dict, whole: Callable[[Any], dict],
+          kind: str | None, keep_alive: float | None) -> Call:
+    """The translated request to send, its answer translated back; with keep_alive 0 the model
+    is unloaded once the answer is out."""
     scheduler = request.app[SCHEDULER]
     transform = _translated(model.name, whole, kind if body.get("stream") else None, model.repair_tool_calls,
                             bool(body.get("tools")))
-    data = json.dumps(body, ensure_ascii=False).encode()
     send = {**{k: v for k, v in upstream_headers(request).items() if k.lower() != "content-type"},
             "Content-Type": "application/json"}
-    response = await switch_and_relay(request, model, data, transform, path=path, send_headers=send)
-    if keep_alive == 0:
-        if not response.prepared:  # a whole answer: send it before the model is stopped
-            await response.prepare(request)
-            await response.write_eof()
-        await _unload(scheduler, model)
-    return response
+    after = (lambda: _unload(scheduler, model)) if keep_alive == 0 else None
+    return Call(json.dumps(body, ensure_ascii=False).encode(), transform, path, send, after)
 
 
 async def _unload(scheduler: Scheduler, model: Model) -> None:
@@ -135,33 +126,33 @@ async def _load_or_unload(request: web.Request, model: Model, keep_alive: float 
 
 # -- routes -----------------------------------------------------------------------------------
 
-async def chat(request: web.Request) -> web.StreamResponse:
-    payload, model = await _read(request)
+async def _chat(request: web.Request, model: Model, payload: dict, _: Body) -> Call | web.Response:
     keep_alive = tr.keep_alive_seconds(payload.get("keep_alive"))
     if not payload.get("messages"):
         return await _load_or_unload(request, model, keep_alive, "chat")
-    body = tr.chat_request(payload, model.name)
-    return await _relay_translated(request, model, "/v1/chat/completions", body,
-                                   lambda a: tr.chat_response(a, model.name, time.time()), "chat", keep_alive)
+    return _call(request, model, "/v1/chat/completions", tr.chat_request(payload, model.name),
+                 lambda a: tr.chat_response(a, model.name, time.time()), "chat", keep_alive)
 
 
-async def generate(request: web.Request) -> web.StreamResponse:
-    payload, model = await _read(request)
+async def _generate(request: web.Request, model: Model, payload: dict, _: Body) -> Call | web.Response:
     keep_alive = tr.keep_alive_seconds(payload.get("keep_alive"))
     if not payload.get("prompt") and not payload.get("images"):
         return await _load_or_unload(request, model, keep_alive, "generate")
     path, body = tr.generate_request(payload, model.name)
-    return await _relay_translated(request, model, path, body,
-                                   lambda a: tr.generate_response(a, model.name, time.time()), "generate",
-                                   keep_alive)
+    return _call(request, model, path, body, lambda a: tr.generate_response(a, model.name, time.time()),
+                 "generate", keep_alive)
 
 
-async def embed(request: web.Request) -> web.StreamResponse:
-    payload, model = await _read(request)
+async def _embed(request: web.Request, model: Model, payload: dict, _: Body) -> Call:
     old = request.path == "/api/embeddings"
     whole = tr.embeddings_response if old else (lambda a: tr.embed_response(a, model.name))
-    return await _relay_translated(request, model, "/v1/embeddings", tr.embed_request(payload, model.name),
-                                   whole, None, tr.keep_alive_seconds(payload.get("keep_alive")))
+    return _call(request, model, "/v1/embeddings", tr.embed_request(payload, model.name), whole, None,
+                 tr.keep_alive_seconds(payload.get("keep_alive")))
+
+
+chat = ModelRoute(OLLAMA, _chat, _name).serve
+generate = ModelRoute(OLLAMA, _generate, _name).serve
+embed = ModelRoute(OLLAMA, _embed, _name).serve
 
 
 def _modified_at(config: Config) -> str:
@@ -206,7 +197,7 @@ async def show(request: web.Request) -> web.Response:
     config = request.app[SCHEDULER].config
     _, payload = await read_json(request)
     payload = payload if isinstance(payload, dict) else {}
-    model = _resolve(config, payload.get("model") or payload.get("name"))
+    model = model_named(config, _name(config, {"model": payload.get("model") or payload.get("name")}))
     return web.json_response({
         "modelfile": "", "parameters": "", "template": "", "details": _details(),
         "model_info": {"general.architecture": "llama"},

@@ -12,9 +12,9 @@ queue) gets its event stream opened at once and is told what it waits for.
 What it says: the position in the queue; which model is stopping (and whether its requests are
 still finishing); the load's phase where llama-server logs one (its journal lines: model file,
 tensors, KV cache, warm-up), else the seconds so far; then "ready in N s". A line goes out when
-that changes, else every REPEAT seconds. A start that fails ends the stream with an OpenAI-shaped
-`data: {"error": …}` event. Requests that need not wait, and requests that are not streamed, are
-untouched.
+that changes, else every REPEAT seconds. A start that fails ends the stream with an error in the
+route's dialect (docs/design.md, "One request pipeline"). Requests that need not wait, requests
+that are not streamed, and Ollama's streams (NDJSON has no line to keep one alive) are untouched.
 """
 
 from __future__ import annotations
@@ -25,19 +25,18 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
 from aiohttp import web
 
-from ..backends.upstream import Answer
 from ..config import Model
 from ..errors import ShuttingDown, SwitchError
 from ..events import LoadProgress, StateChanged
 from ..observe.middleware import observed
 from ..repair.sse import Event, SSEParser, format_event
-from .errors import in_band_error
+from .dialects import Dialect
 from .keys import INFLIGHT, SCHEDULER
-from .relay import Rewrite, is_event_stream
+from .rewrite import Head, Rewrite, Transform, then
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +48,8 @@ class Progress:
     """One streamed request's progress; `on_wait` goes to `Scheduler.use`, `ready()` hands the
     opened stream to the relay (None when the request never waited)."""
 
-    def __init__(self, request: web.Request, model: Model, mode: str, name: str) -> None:
-        self.request, self.model, self.mode, self.name = request, model, mode, name
+    def __init__(self, request: web.Request, model: Model, mode: str, name: str, dialect: Dialect) -> None:
+        self.request, self.model, self.mode, self.name, self.dialect = request, model, mode, name, dialect
         self.id, self.created = "", 0  # set once progress starts: the answer's chunks get them too
         self.response: web.StreamResponse | None = None
         self._task: asyncio.Task | None = None
@@ -63,7 +62,7 @@ class Progress:
     def started(self) -> bool:
         return self.response is not None
 
-    # -- for switch_and_relay ---------------------------------------------------------------------
+    # -- for the pipeline --------------------------------------------------------------------------
 
     def on_wait(self) -> None:
         if (obs := observed(self.request)) is not None:
@@ -97,7 +96,7 @@ class Progress:
         assert self.response is not None
         log.info("%s: streamed request ended with an error event: %s", self.model.name, error.message.splitlines()[0])
         with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.response.write(in_band_error(self.request.path, error))
+            await self.response.write(self.dialect.in_band(error))
             await self.response.write_eof()
         return self.response
 
@@ -119,20 +118,18 @@ class Progress:
         finally:
             await self._halt()
 
-    def transform(self, inner: Callable[[Answer], Rewrite | None] | None
-                  ) -> Callable[[Answer], Rewrite | None]:
+    def transform(self, inner: Transform | None) -> Transform | None:
         """`inner`, then (where progress went out as chunks) the answer's id, created and model
         set to those of the progress chunks."""
+        if self.mode == "off":
+            return inner  # nothing goes out before the answer
 
-        def transform(upstream: Answer) -> Rewrite | None:
-            rewrite = inner(upstream) if inner is not None else None
-            if not (self.started and self.mode == "reasoning" and upstream.status == 200 and is_event_stream(upstream)):
+        def transform(head: Head) -> Rewrite | None:
+            rewrite = inner(head) if inner is not None else None
+            if not (self.started and self.mode == "reasoning" and head.status == 200 and head.event_stream):
                 return rewrite
             same = _SameIds(self.id, self.created, self.name)
-            if rewrite is None:
-                return Rewrite(same.feed, same.close)
-            return Rewrite(lambda chunk: same.feed(rewrite.feed(chunk)), lambda: same.feed(rewrite.close()) + same.close(),
-                           rewrite.content_type)
+            return then(rewrite, Rewrite(same.feed, same.close))
 
         return transform
 
@@ -185,7 +182,7 @@ class Progress:
                      "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
             data = b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
         else:
-            data = b": " + text.replace("\n", " ").encode() + b"\n\n"
+            data = self.dialect.keep_alive(text) or b""
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.response.write(data)
 
@@ -221,13 +218,16 @@ class _SameIds:
         return format_event(json.dumps(chunk, ensure_ascii=False), e.eol, e.fields)
 
 
-def progress_for(request: web.Request, model: Model, payload: dict, chat: bool) -> Progress:
+def progress_for(request: web.Request, model: Model, payload: object, dialect: Dialect) -> Progress:
     """The progress a request gets while it waits: as configured for a streamed chat completion,
-    comment lines for any other stream; a request that is not streamed only has its wait noted."""
-    if payload.get("stream") is not True:
-        mode = "off"
-    elif chat:
+    keep-alive lines for any other stream in a dialect that has them; a request that is not
+    streamed only has its wait noted."""
+    payload = payload if isinstance(payload, dict) else {}
+    if payload.get("stream") is not True or dialect.keep_alive("") is None:
+        mode = "off"  # (an Ollama stream has no line its client would ignore)
+    elif request.path.endswith("/chat/completions"):
         mode = model.loading_progress
     else:
         mode = "comment"
-    return Progress(request, model, mode, payload.get("model") if isinstance(payload.get("model"), str) else model.name)
+    name = payload.get("model") if isinstance(payload.get("model"), str) else model.name
+    return Progress(request, model, mode, name, dialect)

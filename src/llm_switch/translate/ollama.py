@@ -291,6 +291,22 @@ class NDJSONStream:
             out += self._final()  # the backend ended without [DONE]
         return out
 
+    def cut(self) -> bytes:
+        """The stream was cut before its end: what is complete, the tool calls held so far
+        (repaired), and no last line (`done: true` would tell the client all went well)."""
+        out = b"".join(self._event(e.data) for e in self._sse.close() if e.complete)
+        if not self._done:
+            out += self._held_calls()
+            self._done = True  # nothing follows but the error line
+        return out
+
+    def _held_calls(self) -> bytes:
+        if not self._calls:
+            return b""
+        calls = [{"function": c} for _, c in sorted(self._calls.items())]
+        self._calls.clear()
+        return _line(self._piece(tool_calls=_tool_calls(calls)))
+
     def _piece(self, text: str = "", thinking: str | None = None, **extra: Any) -> dict:
         head = {"model": self.model, "created_at": timestamp(self.clock())}
         if self.kind == "chat":
@@ -345,8 +361,5 @@ class NDJSONStream:
                 held["arguments"] += fn.get("arguments") or ""
             if choice.get("finish_reason"):
                 self._finish = choice["finish_reason"]
-                if self._calls:
-                    calls = [{"function": c} for _, c in sorted(self._calls.items())]
-                    self._calls.clear()
-                    out += _line(self._piece(tool_calls=_tool_calls(calls)))
+                out += self._held_calls()
         return out
