@@ -65,6 +65,9 @@ NOW = 10_000.0
     ([{"model": "m", "state": "stopping", "since": NOW - 3 * 3600 - 120, "memory": {"declared": 1 << 30}}],
      "NAME  STATE     MEMORY       IN FLIGHT  WAITING  FOR\n"
      "m     stopping  1G declared  0          0        3 h 2 min"),
+    ([{"model": "bge", "state": "ready", "since": NOW - 5, "pin": True, "memory": {"declared": 1 << 30}}],
+     "NAME  STATE           MEMORY       IN FLIGHT  WAITING  FOR\n"
+     "bge   ready (pinned)  1G declared  0          0        5 s"),
 ])
 def test_ps_table(models, expected):
     assert listing.ps_table(models, NOW) == expected

@@ -32,7 +32,7 @@ def run_ls(args) -> int:
 def ps_table(models: list[dict], now: float) -> str:
     """Models that run, start or stop: state, memory, requests in flight and waiting, for how
     long they have been in that state. Pure."""
-    rows = [(m["model"], m.get("state", "?"), _memory(m.get("memory") or {}), str(m.get("in_flight", 0)),
+    rows = [(m["model"], m.get("state", "?") + (" (pinned)" if m.get("pin") else ""), _memory(m.get("memory") or {}), str(m.get("in_flight", 0)),
              str(m.get("waiting", 0)), _duration(now - m["since"]) if m.get("since") else "-")
             for m in models if m.get("state") in UP]
     if not rows:
