@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
-from ..config import Config, Model
+from ..config import Config, Model, format_size
 from ..errors import QueueFull, QueueTimeout, StartFailed, SwitchError, UnknownModel
 from ..events import SwitchDone
 from ..units.systemd import ActiveState
@@ -58,6 +58,7 @@ class Scheduler:
         self._queue = WaitQueue()
         self._runner = Runner(self._operation_ended)
         self._hold: frozenset[str] = frozenset()
+        self._warned_pins: set[str] = set()  # `memory: auto` models found too large beside the pinned ones
         self._abandoned: set[str] = set()  # starts cancelled for a waiting request: their units stop next
         self._timer: asyncio.TimerHandle | None = None
         self._resync_task: asyncio.Task | None = None
@@ -250,6 +251,7 @@ class Scheduler:
             self._record(previous, name, stopped_s, self._clock() - t0 - stopped_s, ok=False)
             raise
         await self._measure(target)
+        self._warn_beside_pins(target)
         self._record(previous, name, stopped_s, ready_s, ok=True)
         beside = [r.name for r in self.models.values() if r.state is State.READY and r is not target]
         if previous:
@@ -263,6 +265,21 @@ class Scheduler:
         if target.measured_over_declared():
             log.warning("%s: measured memory exceeds the declared %s; raise models.%s.memory in config.yaml",
                         name, target.memory_text(), name)
+
+    def _warn_beside_pins(self, target: ModelRuntime) -> None:
+        """A `memory: auto` model measured too large to run beside the pinned ones: warned once
+        (config/groups.py refuses declared sizes that do not fit at load)."""
+        budget, m = self.config.memory_budget, target.memory
+        measured = (m.vram or m.ram) if m is not None else None
+        pinned = [r.model for r in self.models.values() if r.model.pin and r is not target]
+        if (not target.model.memory_auto or budget is None or measured is None or not pinned
+                or target.name in self._warned_pins):
+            return
+        if measured + sum(p.memory or 0 for p in pinned) > budget:
+            self._warned_pins.add(target.name)
+            log.warning("models.%s: %s measured + %s exceed memory_budget %s; it cannot run beside the pinned "
+                        "models", target.name, format_size(measured),
+                        " + ".join(f"pinned {p.name} {format_size(p.memory)}" for p in pinned), format_size(budget))
 
     async def _make_room(self, target: ModelRuntime, stop: tuple[str, ...], stopping: list[ModelRuntime]) -> None:
         """Drain and stop the planned models (`stop`), then the strays in the way, each added to
