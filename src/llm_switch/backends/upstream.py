@@ -251,7 +251,7 @@ class Answer(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as e:
             if not self._done and self._error is None:
-                self._fail(self._broken(f"a malformed answer ({e})"))
+                self._fail(self._broken(f"a malformed answer: {e}"))
             return
         if self._framing_bytes > _MAX_FRAMING and not self._done and self._error is None:
             where = "chunk size line or trailers" if self.status else "head"
