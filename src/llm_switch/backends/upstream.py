@@ -160,7 +160,7 @@ class Answer(asyncio.Protocol):
         self._loop = loop
         self._head_only = head_only
         self._transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._reason = bytearray()
         self._fields: CIMultiDict[str] = CIMultiDict()  # the head being read
         self._framing = ""  # "" until the final head is in; then as framing_of says
@@ -244,7 +244,7 @@ class Answer(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self._done or self._error is not None:
+        if self._done or self._error is not None or self._parser is None:
             return  # what follows the answer's end (or its fault) is not read
         self._framing_bytes += len(data)
         try:
@@ -271,6 +271,9 @@ class Answer(asyncio.Protocol):
             self._fail(BrokenOff(f"the connection closed before the answer was complete{f' ({exc})' if exc else ''}"))
         if self._can_write is not None and not self._can_write.done():
             self._can_write.set_result(None)
+        # the parser holds this answer's callbacks: without it the answer goes at once, not at
+        # the next garbage collection (per request, that collection cost more than the parsing)
+        self._parser = None
 
     def pause_writing(self) -> None:
         if self._can_write is None or self._can_write.done():
