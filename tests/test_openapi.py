@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import re
 
+from llm_switch.backends.llama_server import Backends
 from llm_switch.config import parse
+from llm_switch.events import EventBus
 from llm_switch.http.app import build_app
 from llm_switch.http.openapi import describe
+from llm_switch.scheduling.memory import Gpu
+from llm_switch.scheduling.ports import Parts
+from llm_switch.scheduling.scheduler import Scheduler
+from llm_switch.units.systemd import Systemd
 
 CONFIG = "listen: 127.0.0.1:3002\nmodels:\n  a: llama-server@a.service\n"
 # a route for any method ("*") is described with these
@@ -17,7 +23,9 @@ ANY_METHOD = {"get", "post", "put", "patch", "delete", "options"}
 def _registered() -> dict[str, set[str]]:
     """{path: methods} of every route the app registers; HEAD is aiohttp's own twin of each GET."""
     routes: dict[str, set[str]] = {}
-    for route in build_app(parse(CONFIG)).router.routes():
+    events = EventBus()  # the parts are only built, never connected: the routes are what is read
+    scheduler = Scheduler(parse(CONFIG), Parts(Systemd(), Backends(), events, Gpu()))
+    for route in build_app(events, scheduler).router.routes():
         if route.method == "HEAD":
             continue
         methods = ANY_METHOD if route.method == "*" else {route.method.lower()}

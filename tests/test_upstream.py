@@ -7,10 +7,11 @@ import asyncio
 import contextlib
 
 import pytest
+from multidict import CIMultiDict
 
-from llm_switch.backends.upstream import BrokenOff, CannotConnect, NoAnswer, send
+from llm_switch.backends.upstream import BrokenOff, CannotConnect, NoAnswer, framing_of, send
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.unit]
+pytestmark = pytest.mark.unit
 
 
 @contextlib.asynccontextmanager
@@ -195,3 +196,150 @@ async def test_a_slow_reader_stops_the_backend_instead_of_filling_memory():
             assert got > 8 << 20
     finally:
         server.close()
+
+
+# -- framing held to RFC 9112 (llhttp): each malformed answer is an error, soon, in bounded memory --
+
+
+@contextlib.asynccontextmanager
+async def endless_server(head: bytes, filler: bytes, written: list[int]):
+    """A server that answers `head`, then writes `filler` until the client hangs up (or 256 MiB);
+    `written` gets how many bytes it wrote."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(head)
+        sent = len(head)
+        try:
+            while sent < 256 << 20:
+                writer.write(filler)
+                sent += len(filler)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            written.append(sent)
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+OK_HEAD = b"HTTP/1.1 200 OK\r\n"
+
+
+@pytest.mark.parametrize("answer, error", [
+    (OK_HEAD + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n", NoAnswer),
+    (OK_HEAD + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", NoAnswer),
+    (OK_HEAD + b"Content-Length: 3\r\nTransfer-Encoding: gzip\r\n\r\nabc", NoAnswer),
+    (b"HTTP/1.1 000 OK\r\nContent-Length: 1\r\n\r\nx", NoAnswer),  # hung forever before
+    (b"HTTP/1.1 099 OK\r\nContent-Length: 1\r\n\r\nx", NoAnswer),
+    (b"HTTP/1.1 600 OK\r\nContent-Length: 1\r\n\r\nx", NoAnswer),
+    (b"HTTP/1.1 999 OK\r\n\r\n", NoAnswer),
+    (b"HTTP/1.1 20 OK\r\n\r\n", NoAnswer),
+    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\nraw", NoAnswer),
+    (b"HTTP/2.0 200 OK\r\nContent-Length: 1\r\n\r\nx", NoAnswer),
+    (OK_HEAD + b"Content-Length: -5\r\n\r\nx", NoAnswer),  # passed through before
+    (OK_HEAD + b"Content-Length: 5, 5\r\n\r\nhello", NoAnswer),
+    (OK_HEAD + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", NoAnswer),
+    (OK_HEAD + b"Content-Length: 99999999999999999999999\r\n\r\nx", NoAnswer),
+    (OK_HEAD + b"Content-Length: \r\n\r\nx", NoAnswer),
+    (OK_HEAD + b"X-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n", NoAnswer),
+    (b"HTTP/1.1 200 OK\nContent-Length: 0\n\n", NoAnswer),  # bare LF
+    (OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n0x2\r\nab\r\n0\r\n\r\n", BrokenOff),  # int(_, 16) took it before
+    (OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n+2\r\nab\r\n0\r\n\r\n", BrokenOff),
+    (OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n-2\r\nab\r\n0\r\n\r\n", BrokenOff),
+    (OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n2 \r\nab\r\n0\r\n\r\n", BrokenOff),
+    (OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\nab0\r\n\r\n", BrokenOff),  # no CRLF after the data
+    (OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\nno colon\r\n\r\n", BrokenOff),  # a bad trailer
+])
+async def test_malformed_answers_are_errors_not_hangs(answer, error):
+    async with raw_server(answer, pieces=2) as url:
+        with pytest.raises(error):
+            await asyncio.wait_for(fetch(url), 10)
+
+
+@pytest.mark.parametrize("te", [b"notchunked", b"gzip", b"chunked, gzip", b"chunked;q=1", b"chunked,",
+                                b"x chunked", b"chunked\r\nTransfer-Encoding: gzip"])
+async def test_a_transfer_coding_other_than_chunked_last_is_read_to_the_close_as_it_came(te):
+    raw = b"5\r\nhello\r\n0\r\n\r\n"
+    async with raw_server(OK_HEAD + b"Transfer-Encoding: " + te + b"\r\n\r\n" + raw, pieces=3) as url:
+        async with await send(url, "POST", "/", {}, b"{}") as answer:
+            assert answer.length is None
+            assert await asyncio.wait_for(answer.read(), 10) == raw
+
+
+@pytest.mark.parametrize("te", [b"chunked", b"Chunked", b" chunked", b"gzip, chunked", b",chunked",
+                                b"gzip\r\nTransfer-Encoding: chunked"])
+async def test_chunked_last_is_unchunked(te):
+    async with raw_server(OK_HEAD + b"Transfer-Encoding: " + te + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n") as url:
+        async with await send(url, "POST", "/", {}, b"{}") as answer:
+            assert answer.length is None
+            assert await asyncio.wait_for(answer.read(), 10) == b"hello"
+
+
+@pytest.mark.parametrize("method, answer, length, body", [
+    ("POST", OK_HEAD + b"Content-Length: 5\r\n\r\nhello", 5, b"hello"),
+    ("POST", OK_HEAD + b"Content-Length: 0\r\n\r\n", 0, b""),
+    ("POST", OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", None, b"hello"),
+    ("POST", OK_HEAD + b"\r\nhello", None, b"hello"),  # to the close
+    ("POST", b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", None, b""),  # no body, whatever it says
+    ("POST", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", None, b""),
+    ("HEAD", OK_HEAD + b"Content-Length: 99\r\n\r\n", 99, b""),  # the length of what a GET would get
+])
+async def test_length_is_set_only_where_a_length_frames_the_body(method, answer, length, body):
+    async with raw_server(answer) as url:
+        async with await send(url, method, "/", {}, b"") as upstream:
+            assert upstream.length == length
+            assert await asyncio.wait_for(upstream.read(), 10) == body
+
+
+async def test_interim_answers_are_read_in_a_loop_up_to_a_cap():
+    final = OK_HEAD + b"Content-Length: 2\r\n\r\nok"
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+    async with raw_server(interim * 31 + b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + final, pieces=5) as url:
+        assert await asyncio.wait_for(fetch(url), 10) == (200, "OK", {"Content-Length": "2"}, b"ok")
+    async with raw_server(interim * 5000 + final, pieces=7) as url:  # overflowed the recursion before
+        with pytest.raises(NoAnswer, match="interim"):
+            await asyncio.wait_for(fetch(url), 10)
+
+
+@pytest.mark.parametrize("head, filler, error", [
+    (OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Big: ", b"a" * 65536, BrokenOff),
+    (OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n", b"X-Many: 1\r\n" * 6000, BrokenOff),
+    (OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n2;", b"e" * 65536, BrokenOff),  # a chunk extension
+    (OK_HEAD + b"X-Big: ", b"a" * 65536, NoAnswer),
+    (OK_HEAD, b"X-Many: 1\r\n" * 6000, NoAnswer),
+    (b"HTTP/1.1 200 ", b"reason " * 10000, NoAnswer),
+])
+async def test_endless_head_or_trailers_are_cut_off_in_bounded_memory(head, filler, error):
+    """Trailers were buffered without limit, with quadratic copying (200 MiB never ended)."""
+    written: list[int] = []
+    async with endless_server(head, filler, written) as url:
+        with pytest.raises(error, match="over 65536 bytes"):
+            await asyncio.wait_for(fetch(url), 20)
+        async with asyncio.timeout(20):
+            while not written:
+                await asyncio.sleep(0.01)
+    assert written[0] < 32 << 20  # the rest waited in the sockets' buffers until the client hung up
+
+
+@pytest.mark.parametrize("status, head_only, fields, framing", [
+    (200, False, {}, ("eof", None)),
+    (200, False, {"Content-Length": "12"}, ("length", 12)),
+    (200, False, {"Transfer-Encoding": "chunked"}, ("chunked", None)),
+    (200, False, {"Transfer-Encoding": "CHUNKED "}, ("chunked", None)),
+    (200, False, {"Transfer-Encoding": "gzip, chunked"}, ("chunked", None)),
+    (200, False, {"Transfer-Encoding": "chunked, gzip"}, ("eof", None)),
+    (200, False, {"Transfer-Encoding": "notchunked"}, ("eof", None)),
+    (200, False, {"Transfer-Encoding": "chunked,"}, ("eof", None)),
+    (204, False, {"Content-Length": "3"}, ("none", None)),
+    (304, False, {"Transfer-Encoding": "chunked"}, ("none", None)),
+    (200, True, {"Content-Length": "7"}, ("none", 7)),
+    (200, True, {"Transfer-Encoding": "chunked"}, ("none", None)),
+])
+def test_framing_of(status, head_only, fields, framing):
+    assert framing_of(status, CIMultiDict(fields), head_only) == framing

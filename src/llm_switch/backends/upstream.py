@@ -4,9 +4,11 @@ The relay opens a new connection to the backend for each request (see `Backends`
 of bytes or of chunks, and passes the answer on chunk by chunk. aiohttp's client session does
 much more per request (a connector and its pool, happy eyeballs, request and response objects,
 cookies, redirects): about a quarter of the relay's CPU time per request, the largest single part
-of what the relay adds to a request. This is the part the relay needs, on the event loop's own transports.
+of what the relay adds to a request. This is the part the relay needs, on the event loop's own
+transports; the answer is parsed by llhttp (`httptools`) and held to RFC 9112's framing rules
+(docs/design.md, "Backend framing").
 
-Errors: `CannotConnect` (nothing listens: the unit may have stopped), `NoAnswer` (no complete
+Errors: `CannotConnect` (nothing listens: the unit may have stopped), `NoAnswer` (no valid
 status line and headers), `BrokenOff` (the body ended early or was malformed)."""
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from ipaddress import ip_address
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 CONNECT_TIMEOUT = 10.0  # s; generation may take minutes, so only connecting is bounded
 _PAUSE_AT, _RESUME_AT = 1 << 18, 1 << 16  # bytes of answer held: stop reading from the backend, read again
-_MAX_HEAD = 1 << 16  # bytes of status line and headers
-_MAX_CHUNK_LINE = 1 << 12
+_MAX_FRAMING = 1 << 16  # bytes of a head, a chunk's size line or the trailers (one read more at most)
+_MAX_INTERIM = 32  # interim (1xx) answers before the final one
 _OWN_HEADERS = frozenset({"host", "connection", "transfer-encoding"})
 
 
@@ -39,6 +42,10 @@ class NoAnswer(Exception):
 
 class BrokenOff(Exception):
     pass
+
+
+class _Refused(Exception):
+    """Stops llhttp from within a callback; the reason is the answer's error by then."""
 
 
 class Target(NamedTuple):
@@ -121,20 +128,44 @@ def _head(method: str, target: str, host: str, headers: dict[str, str],
         return head.encode("utf-8", "replace"), chunked  # a lone surrogate that came from nowhere on the wire
 
 
+def framing_of(status: int, headers: CIMultiDict[str] | CIMultiDictProxy[str],
+               head_only: bool) -> tuple[str, int | None]:
+    """How a final answer's body is framed, as llhttp reads it (RFC 9112 §6.3): "none",
+    "chunked", "length" or "eof" (until the connection closes); and the length to tell the client,
+    None unless the length frames the body (or a HEAD answer gives it)."""
+    # llhttp has checked Content-Length by now: digits only, once, never beside Transfer-Encoding
+    length = headers.get("Content-Length")
+    if head_only:
+        return "none", None if length is None else int(length)
+    if status in (204, 304):
+        return "none", None
+    if "Transfer-Encoding" in headers:
+        last = ",".join(headers.getall("Transfer-Encoding")).rpartition(",")[2]
+        return ("chunked" if last.strip().lower() == "chunked" else "eof"), None
+    if length is not None:
+        return "length", int(length)
+    return "eof", None
+
+
 class Answer(asyncio.Protocol):
     """One request's connection and its answer: `status`, `reason`, `headers`, `content_type`,
-    then the body by `chunks()` (what has arrived, as it arrives) or `read()` (all of it)."""
+    `length` (set only when a length frames the body), then the body by `chunks()` (what has
+    arrived, as it arrives) or `read()` (all of it)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, head_only: bool = False) -> None:
         self.status = 0
         self.reason = ""
         self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+        self.length: int | None = None
         self._loop = loop
         self._head_only = head_only
         self._transport: asyncio.Transport | None = None
-        self._buf = bytearray()  # the head, or chunked framing, not yet parsed
-        self._framing = ""  # "" while in the head; then "length", "chunked", "eof" or "none"
-        self._left = 0  # length: bytes to come; chunked: of this chunk (-1 size line, -2 its CRLF, -3 trailers)
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
+        self._reason = bytearray()
+        self._fields: CIMultiDict[str] = CIMultiDict()  # the head being read
+        self._framing = ""  # "" until the final head is in; then as framing_of says
+        self._framing_bytes = 0  # read since the last head, or chunk, ended (less the body in it)
+        self._interim = 0
         self._body: deque[bytes] = deque()
         self._held = 0
         self._done = False
@@ -213,44 +244,18 @@ class Answer(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self._done or self._error is not None:
+        if self._done or self._error is not None or self._parser is None:
+            return  # what follows the answer's end (or its fault) is not read
+        self._framing_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            if not self._done and self._error is None:
+                self._fail(self._broken(f"a malformed answer: {e}"))
             return
-        if not self._framing:
-            self._buf += data
-            end = self._buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buf) > _MAX_HEAD:
-                    self._fail(NoAnswer(f"an answer head of over {_MAX_HEAD} bytes"))
-                return
-            head, data = bytes(self._buf[:end]), bytes(self._buf[end + 4:])
-            self._buf.clear()
-            try:
-                self._read_head(head)
-            except ValueError as e:
-                self._fail(NoAnswer(f"a malformed answer head ({e})"))
-                return
-            if 100 <= self.status < 200:  # 100 Continue and the like: the answer follows
-                self._framing, self.status = "", 0
-                if data:
-                    self.data_received(data)
-                return
-            self._wake()
-            if self._framing == "none" or (self._framing == "length" and self._left == 0):
-                self._finish()
-                return
-            if not data:
-                return
-        if self._framing == "chunked":
-            self._unchunk(data)
-        elif self._framing == "length":
-            if len(data) > self._left:
-                data = data[:self._left]
-            self._left -= len(data)
-            self._put(data)
-            if self._left == 0:
-                self._finish()
-        else:
-            self._put(data)
+        if self._framing_bytes > _MAX_FRAMING and not self._done and self._error is None:
+            where = "chunk size line or trailers" if self.status else "head"
+            self._fail(self._broken(f"an answer {where} of over {_MAX_FRAMING} bytes"))
 
     def eof_received(self) -> bool:
         return False  # close the transport
@@ -258,7 +263,7 @@ class Answer(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._done or self._error is not None:
             pass
-        elif not self._framing:
+        elif not self.status:
             self._fail(NoAnswer(f"Server disconnected{f' ({exc})' if exc else ''}"))
         elif self._framing == "eof" and exc is None:
             self._finish()
@@ -266,6 +271,9 @@ class Answer(asyncio.Protocol):
             self._fail(BrokenOff(f"the connection closed before the answer was complete{f' ({exc})' if exc else ''}"))
         if self._can_write is not None and not self._can_write.done():
             self._can_write.set_result(None)
+        # the parser holds this answer's callbacks: without it the answer goes at once, not at
+        # the next garbage collection (per request, that collection cost more than the parsing)
+        self._parser = None
 
     def pause_writing(self) -> None:
         if self._can_write is None or self._can_write.done():
@@ -275,97 +283,57 @@ class Answer(asyncio.Protocol):
         if self._can_write is not None and not self._can_write.done():
             self._can_write.set_result(None)
 
-    # -- parsing ---------------------------------------------------------------------------------
+    # -- llhttp's callbacks ----------------------------------------------------------------------
 
-    def _read_head(self, head: bytes) -> None:
-        status_line, *lines = head.decode("utf-8", "surrogateescape").split("\r\n")
-        version, _, rest = status_line.partition(" ")
-        code, _, reason = rest.partition(" ")
-        if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
-            raise ValueError(f"status line {status_line[:80]!r}")
-        headers: CIMultiDict[str] = CIMultiDict()
-        for line in lines:
-            name, colon, value = line.partition(":")
-            if not colon or not name or name != name.strip():
-                raise ValueError(f"header line {line[:80]!r}")
-            headers.add(name, value.strip())
-        self.status, self.reason, self.headers = int(code), reason, CIMultiDictProxy(headers)
-        if self._head_only or self.status in (204, 304) or self.status < 200:
-            self._framing = "none"
-        elif "chunked" in headers.get("Transfer-Encoding", "").lower():
-            self._framing, self._left = "chunked", -1
-        elif (length := headers.get("Content-Length")) is not None:
-            if not length.isdigit():
-                raise ValueError(f"Content-Length {length[:40]!r}")
-            self._framing, self._left = "length", int(length)
-        else:
-            self._framing = "eof"
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason  # in pieces where a read ends inside it
 
-    def _unchunk(self, data: bytes) -> None:
-        """Chunked framing off: what arrived goes on in one piece (an event stream sends an event
-        per chunk, many per read when it is fast)."""
-        if self._buf:  # a size line or CRLF cut by the last read (small: chunk data is never held)
-            data = bytes(self._buf) + data
-            self._buf.clear()
-        out = []
-        pos, end = 0, len(data)
-        complete = False
-        while pos < end:
-            if self._left == -1:  # a size line, and the chunk after it when it is all here
-                eol = data.find(b"\r\n", pos)
-                if eol < 0:
-                    if end - pos > _MAX_CHUNK_LINE:
-                        return self._fail(BrokenOff("a malformed chunk size"))
-                    break
-                try:
-                    size = int(data[pos:eol], 16)
-                except ValueError:
-                    try:  # a chunk extension (`1f;name=value`)
-                        size = int(data[pos:eol].partition(b";")[0], 16)
-                    except ValueError:
-                        return self._fail(BrokenOff("a malformed chunk size"))
-                pos = eol + 2
-                if size < 0:
-                    return self._fail(BrokenOff("a malformed chunk size"))
-                if size == 0:
-                    self._left = -3
-                elif pos + size + 2 <= end:
-                    if data[pos + size:pos + size + 2] != b"\r\n":
-                        return self._fail(BrokenOff("a chunk longer than its size"))
-                    out.append(data[pos:pos + size])
-                    pos += size + 2
-                else:
-                    self._left = size
-            elif self._left > 0:  # the rest of a chunk
-                take = min(self._left, end - pos)
-                out.append(data[pos:pos + take])
-                pos += take
-                self._left -= take
-                if self._left == 0:
-                    self._left = -2
-            elif self._left == -2:  # the CRLF after it
-                if end - pos < 2:
-                    break
-                if data[pos:pos + 2] != b"\r\n":
-                    return self._fail(BrokenOff("a chunk longer than its size"))
-                pos += 2
-                self._left = -1
-            else:  # trailers, up to an empty line
-                eol = data.find(b"\r\n", pos)
-                if eol < 0:
-                    break
-                if eol == pos:
-                    complete = True
-                    break
-                pos = eol + 2
-        if out:
-            self._put(out[0] if len(out) == 1 else b"".join(out))
-        if complete:
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.status:  # trailers are read (and bounded) but not kept
+            self._fields.add(name.decode("ascii"), value.strip(b" \t").decode("utf-8", "surrogateescape"))
+
+    def on_headers_complete(self) -> None:
+        if self._done:
+            return
+        status = self._parser.get_status_code()
+        self._framing_bytes = 0
+        version = self._parser.get_http_version()
+        if not 100 <= status <= 599 or status == 101 or version not in ("1.1", "1.0"):
+            self._fail(NoAnswer(f"a status line of HTTP/{version} {status:03d}, which the relay cannot carry"))
+            raise _Refused
+        if status < 200:  # 100 Continue, 103 Early Hints and the like: the answer follows
+            self._interim += 1
+            self._reason.clear()
+            self._fields = CIMultiDict()
+            if self._interim > _MAX_INTERIM:
+                self._fail(NoAnswer(f"over {_MAX_INTERIM} interim (1xx) answers"))
+                raise _Refused
+            return
+        self._framing, self.length = framing_of(status, self._fields, self._head_only)
+        self.status, self.headers = status, CIMultiDictProxy(self._fields)
+        self.reason = self._reason.decode("utf-8", "surrogateescape")
+        if self._framing == "none":
             self._finish()
-        elif pos < end:
-            self._buf += data[pos:]
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self._done:
+            return
+        self._framing_bytes -= len(body)
+        self._put(body)
+
+    def on_chunk_complete(self) -> None:
+        self._framing_bytes = 0
+
+    def on_message_complete(self) -> None:
+        if self.status:  # not an interim answer's end
+            self._finish()
 
     # -- state -----------------------------------------------------------------------------------
+
+    def _broken(self, what: str) -> Exception:
+        """A fault in the head means no answer; in the body, one broken off after its head."""
+        return BrokenOff(what) if self.status else NoAnswer(what)
 
     def _put(self, data: bytes) -> None:
         if not data:

@@ -68,8 +68,8 @@ async def relay(request: web.Request, model: Model, body: bytes | AsyncIterable[
         response = prepared
         if response is None:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-            if "Content-Length" in upstream.headers and rewrite is None:
-                response.content_length = int(upstream.headers["Content-Length"])
+            if upstream.length is not None and rewrite is None:  # only where a length framed the body
+                response.content_length = upstream.length
             await response.prepare(request)
         return await _stream(request, response, model, upstream, rewrite, dialect, obs)
 
