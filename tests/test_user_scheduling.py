@@ -87,3 +87,24 @@ async def test_a_load_nobody_waits_for_gives_way(deploy, user_manager):
     assert deploy.overlapping_runs([slow, other]) == []
     wait_for(lambda: "slow: load abandoned: its clients left, and a request for other waits for the memory"
              in daemon.log(), 10, what="the log line of the abandoned load")
+
+
+async def test_any_of_is_served_by_the_loaded_coder_with_no_start(deploy, tiny_models, user_manager):
+    coder = deploy.llama_unit("coder", tiny_models["a"])
+    other = deploy.llama_unit("other-coder", tiny_models["b"])
+    daemon = deploy.up({"coder": {"unit": coder.unit, "url": coder.url},
+                        "other-coder": {"unit": other.unit, "url": other.url},
+                        "either": {"any_of": ["other-coder", "coder"], "aliases": ["any-coder"]}}, health_timeout=120)
+    async with aiohttp.ClientSession() as http:
+        status, body, _ = await post_json(http, daemon.url + "/v1/chat/completions", chat_body("coder"))
+        assert status == 200, body
+        for name in ("either", "any-coder"):
+            status, body, resp = await post_json(http, daemon.url + "/v1/chat/completions", chat_body(name))
+            assert status == 200, body
+            assert (body["model"], resp.headers["X-LLM-Switch-Model"]) == ("coder", "coder")
+        listed = {m["id"]: m for m in daemon.get_json("/v1/models")["data"]}
+        assert listed["either"]["any_of"] == ["other-coder", "coder"] and listed["either"]["aliases"] == ["any-coder"]
+        assert "either" in {m["name"] for m in daemon.get_json("/api/tags")["models"]}
+    assert other.runs() == []  # never started
+    assert len(coder.runs()) == 1
+    assert user_manager.active_units(f"*-{deploy.tag}@*") == [coder.unit]
