@@ -77,8 +77,8 @@ def test_seed_format_loads_with_a_warning_for_trace_log():
     ("models: {a: {unit: a.service, url: 'ftp://x'}}", "models.a.url: must be an http(s) URL"),
     ("models: {a: {unit: a.service, url: 'http://h:x'}}", "models.a.url: must be an http(s) URL"),
     ("models: {a: {unit: a.service, url: 'http://h:1/v1'}}", "models.a.url: must be an http(s) URL with no path"),
-    ("models: {a: {unit: a.service, health_timeout: 0}}", "models.a.health_timeout: must be a positive number"),
-    ("models: {a: {unit: a.service, health_timeout: soon}}", "models.a.health_timeout: must be a positive number"),
+    ("models: {a: {unit: a.service, health_timeout: 0}}", "models.a.health_timeout: must be a duration"),
+    ("models: {a: {unit: a.service, health_timeout: soon}}", "models.a.health_timeout: must be a duration"),
     ("models: {a: {unit: a.service, aliases: [1]}}", "models.a.aliases: must be a list of names"),
     ("models: {a: {unit: a.service, repair_tool_calls: maybe}}", "models.a.repair_tool_calls: must be true or false"),
     ("models: {a: [a.service]}", "models.a: must be a unit name or a mapping (got a list)"),
@@ -88,7 +88,7 @@ def test_seed_format_loads_with_a_warning_for_trace_log():
     ("models: {'a..b': a.service}", "models.a..b: model name must not hold '..'"),
     ("models: {\"a\\x1b[2J\": a.service}", "model name must not hold control characters (got 'a\\x1b[2J')"),
     ("models: {a: {unit: a.service, aliases: [\"x\\ny\"]}}", "models.a.aliases: 'x\\ny' must not hold control"),
-    ("max_json_bytes: 0\nmodels: {a: a.service}", "max_json_bytes: must be a positive integer"),
+    ("max_json_bytes: 0\nmodels: {a: a.service}", "max_json_bytes: must be a number of bytes"),
     ("allowed_hosts: ['llm.home.arpa:3002']\nmodels: {a: a.service}",
      "allowed_hosts[0]: must be a host name or address without scheme or port (got 'llm.home.arpa:3002')"),
     ("allowed_hosts: 3\nmodels: {a: a.service}", "allowed_hosts: must be a list of host names"),
@@ -100,8 +100,8 @@ def test_seed_format_loads_with_a_warning_for_trace_log():
     ("listen: 3002\nmodels: {a: a.service}", "listen: must be HOST:PORT"),
     ("listen: 'h:70000'\nmodels: {a: a.service}", "listen: must be HOST:PORT"),
     ("backend: localhost:3004\nmodels: {a: a.service}", "backend: must be an http(s) URL"),
-    ("health_timeout: -1\nmodels: {a: a.service}", "health_timeout: must be a positive number"),
-    ("max_body_bytes: 1.5\nmodels: {a: a.service}", "max_body_bytes: must be a positive integer"),
+    ("health_timeout: -1\nmodels: {a: a.service}", "health_timeout: must be a duration"),
+    ("max_body_bytes: 1.5\nmodels: {a: a.service}", "max_body_bytes: must be a number of bytes"),
     ("colour: red\nmodels: {a: a.service}", "colour: unknown key"),
     ("- a\n- b", "top level must be a mapping, got a list"),
     ("models: [", "not valid YAML"),
@@ -137,7 +137,8 @@ def test_errors_name_the_key(text, message):
 
 @pytest.mark.parametrize("value, expected", [
     ("7.5G", int(7.5 * (1 << 30))), ("512M", 512 << 20), ("1200K", 1200 << 10), ("2T", 2 << 40),
-    ("6.8GiB", int(6.8 * (1 << 30))), ("1g", 1 << 30), (123456, 123456), ("4096", 4096),
+    ("6.8GiB", int(6.8 * (1 << 30))), ("1g", 1 << 30), ("8Gi", 8 << 30), ("8gb", 8 << 30),
+    ("8000MB", 8000 << 20), ("3kib", 3 << 10), ("64B", 64),
 ])
 def test_sizes(value, expected):
     c = cfg(f"memory_budget: {value!r}\nmodels: {{a: a.service}}" if isinstance(value, str)

@@ -4,7 +4,6 @@ config, set up logging, run."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from dataclasses import replace
@@ -62,17 +61,17 @@ def main(argv: list[str] | None = None) -> int:
         return control.run(args)
     if args.command in ("add", "remove", "import"):
         return _own_models(args)
+    if args.command == "check":  # its own lines, every problem, no log prefix
+        from . import check
+        return check.run(args)
     if args.command == "litellm-config":
         from . import litellm
         return litellm.run(args)
     try:
         config = load_config(args.config, getattr(args, "listen", None))
     except ConfigError as e:
-        log.error("%s", e.message)
+        log.error("%s", e.message)  # every problem, one a line, as `check` prints them
         return 2
-    if args.command == "check":
-        from .check import check
-        return asyncio.run(check(config))
     from .serve import Server
     try:
         # uvloop: a fifth less CPU per relayed request than asyncio's own loop (README, Performance)
