@@ -128,6 +128,24 @@ def test_seed_format_loads_with_a_warning_for_trace_log():
     ("prompt_cache_max: lots\nmodels: {a: a.service}", "prompt_cache_max: must be a size such as 7.5G"),
     ("prompt_cache_min_tokens: 0\nmodels: {a: a.service}", "prompt_cache_min_tokens: must be a positive integer"),
     ("models: {a: {unit: a.service, prompt_cache_max: 1G}}", "models.a.prompt_cache_max: unknown key"),
+    # issue 21: what a new user writes
+    ("models: {a: {unit: a.service, memory: 6}}", "models.a.memory: 6 bytes? write 6G"),
+    ("memory_budget: '8'\nmodels: {a: a.service}", "memory_budget: 8 bytes? write 8G"),
+    ("models: {a: {unit: a.service, aliases: 'c, d'}}", "models.a.aliases: must be a list, such as [c, d]"),
+    ("models: {a: {unit: a.service, aliases: c}}", "models.a.aliases: must be a list, such as [c]"),
+    ("ttl: 60\nmodels: {a: a.service}", "ttl: unknown key; ttl is llama-swap's; here: idle_unload"),
+    ("models: {a: {unit: a.service, proxy: 'http://h:1'}}", "models.a.proxy: unknown key; proxy is llama-swap's; "
+     "here: url"),
+    ("models: {a: {unit: a.service, helth_timeout: 5}}", "models.a.helth_timeout: unknown key; did you mean "
+     "health_timeout?"),
+    ("idle_unlaod: 5m\nmodels: {a: a.service}", "idle_unlaod: unknown key; did you mean idle_unload?"),
+    ("models: {a: {cmd: '/bin/llama-server --port ${PORT}'}}", "models.a.cmd: ${PORT} is a llama-swap macro, which "
+     "llm-switch does not expand; convert the config with `llm-switch import`"),
+    ("models: {a: {cmd: '/bin/x -m ${MODEL_DIR}/a.gguf'}}", "models.a.cmd: ${MODEL_DIR} is a llama-swap macro"),
+    ("models: {a: {cmd: '/bin/llama-server --port 5000'}}", "models.a.cmd: --port 5000 differs from the port of url "
+     "http://127.0.0.1:3004"),
+    ("models: {a: {cmd: [/bin/llama-server, --port=5001], url: 'http://127.0.0.1:5000'}}",
+     "models.a.cmd: --port 5001 differs"),
 ])
 def test_errors_name_the_key(text, message):
     with pytest.raises(ConfigError) as e:
@@ -174,6 +192,51 @@ def test_scheduling_defaults_and_overrides():
     assert (c.max_wait, c.max_queue, c.preload) == (600.0, 8, ("qwen", "embed"))
     assert (qwen.memory, qwen.min_loaded, qwen.idle_unload) == (int(6.8 * (1 << 30)), 20.0, None)
     assert (embed.memory, embed.min_loaded, embed.idle_unload) == (int(1.2 * (1 << 30)), 60.0, 1800.0)
+
+
+@pytest.mark.parametrize("value, expected", [("5m", 300.0), ("300", 300.0), ("1h", 3600.0), ("90s", 90.0)])
+def test_health_timeout_is_a_duration(value, expected):
+    c = cfg(f"health_timeout: {value}\nmodels: {{a: a.service, b: {{unit: b.service, health_timeout: {value}}}}}")
+    assert c.models["a"].health_timeout == c.models["b"].health_timeout == expected
+
+
+def test_a_cmd_on_its_urls_port_passes():
+    c = cfg("models: {a: {cmd: '/bin/llama-server --port 5000', url: 'http://127.0.0.1:5000'}}")
+    assert c.models["a"].cmd[-2:] == ("--port", "5000")
+
+
+def test_every_problem_is_reported_with_its_file_and_line(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(textwrap.dedent("""\
+        listen: 127.0.0.1:3002
+        ttl: 60
+        models:
+          coder:
+            unit: llama-server@coder.service
+            aliases: c, d
+            memory: 6
+          tiny:
+            cmd: /usr/bin/llama-server --port ${PORT}
+          other:
+            cmd: /usr/bin/llama-server --port 5000
+        max_wait: soon
+    """))
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert [p.split(": ")[0] for p in e.value.problems] == [
+        f"{path}:2", f"{path}:6", f"{path}:7", f"{path}:9", f"{path}:11", f"{path}:12"]
+    assert [p.split(": ")[1] for p in e.value.problems] == [
+        "ttl", "models.coder.aliases", "models.coder.memory", "models.tiny.cmd", "models.other.cmd", "max_wait"]
+    assert e.value.message == "\n".join(e.value.problems)
+
+
+def test_a_yaml_error_names_the_file_and_line(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("models:\n  a: [\n")
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert e.value.message.startswith(f"{path}:3: not valid YAML: ")
+    assert "<unicode string>" not in e.value.message
 
 
 def test_ipv6_listen():
