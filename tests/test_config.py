@@ -230,6 +230,12 @@ def test_every_problem_is_reported_with_its_file_and_line(tmp_path):
     assert e.value.message == "\n".join(e.value.problems)
 
 
+def test_a_refused_model_is_no_unknown_model_to_preload():
+    with pytest.raises(ConfigError) as e:
+        cfg("preload: [c]\nmodels: {coder: {unit: c.service, aliases: [c], memory: 6}}")
+    assert e.value.problems == ("models.coder.memory: 6 bytes? write 6G (or K, M, T: sizes need a unit)",)
+
+
 def test_a_yaml_error_names_the_file_and_line(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("models:\n  a: [\n")

@@ -100,7 +100,12 @@ def _models(raw: dict, defaults: dict[str, Any], budget: int | None, warnings: l
     units: dict[str, str] = {}
     for name, spec in (models_raw or {}).items():
         model = _model(str(name), spec, defaults, problems)
-        if model is None or problems.get(_unique, model, budget, names, units, default=False) is False:
+        if model is None:  # refused: its names still count, so preload and api_keys do not refuse them too
+            aliases = spec.get("aliases") if isinstance(spec, dict) else None
+            for n in [name, *(aliases if isinstance(aliases, list) else [])]:
+                names.setdefault(str(n), str(name))
+            continue
+        if problems.get(_unique, model, budget, names, units, default=False) is False:
             continue
         names.update({key: model.name for key in (model.name, *model.aliases)})
         units[model.unit] = model.name

@@ -87,12 +87,6 @@ def listen(value: Any, key: str) -> tuple[str, int]:
     return m.group(1) or m.group(2), port
 
 
-def positive_seconds(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"{key}: must be a positive number of seconds (got {value!r})")
-    return float(value)
-
-
 def positive_int(value: Any, key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{key}: must be a positive integer (got {value!r})")
