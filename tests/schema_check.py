@@ -1,4 +1,4 @@
-"""The part of JSON Schema (2020-12) that config.schema.json uses, to check values against it
+"""The part of JSON Schema (draft 7) that config.schema.json uses, to check values against it
 without a dependency. Returns the problems found, as `path: what`; none when the value fits."""
 
 from __future__ import annotations

@@ -78,7 +78,8 @@ def _defaults():
             yield pytest.param(_config(), _config({key.name: yaml.safe_load(key.default)}), id=key.name)
     for key in MODEL:
         if key.default is not None:
-            yield pytest.param(_config(), _config(model={key.name: yaml.safe_load(key.default)}), id=f"models.{key.name}")
+            yield pytest.param(_config(), _config(model={key.name: yaml.safe_load(key.default)}),
+                               id=f"models.{key.name}")
     for key in DIR_DEFAULTS:
         if key.default is not None:
             yield pytest.param(_config(dir_defaults={}), _config(dir_defaults={key.name: yaml.safe_load(key.default)}),

@@ -88,7 +88,7 @@ def json_schema() -> dict:
         {"type": "object", "propertyNames": {"pattern": _MODEL_NAME},
          "additionalProperties": {"anyOf": [{"type": "string", "pattern": r"\.service$"}, model]}})
     top["properties"]["models_defaults"].update(_object(DIR_DEFAULTS))
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+    return {"$schema": "http://json-schema.org/draft-07/schema#",  # what editors (yaml-language-server) read best
             "title": "llm-switch config.yaml", **top}
 
 
