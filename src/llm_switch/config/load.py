@@ -92,13 +92,11 @@ def _models(raw: dict, defaults: dict[str, Any], budget: int | None, warnings: l
     """The models (those of models_dir too), and every name and alias → its model's name."""
     models_raw = raw.get("models")
     if (not isinstance(models_raw, dict) or not models_raw) and not (models_raw is None and "models_dir" in raw):
-        problems.get(_fail, "models: must be a mapping of at least one model name to a unit or settings",
-                     default=None)
-        models_raw = models_raw if isinstance(models_raw, dict) else {}
+        problems.add("models: must be a mapping of at least one model name to a unit or settings")
     models: dict[str, Model] = {}
     names: dict[str, str] = {}
     units: dict[str, str] = {}
-    for name, spec in (models_raw or {}).items():
+    for name, spec in (models_raw if isinstance(models_raw, dict) else {}).items():
         model = _model(str(name), spec, defaults, problems)
         if model is None:  # refused: its names still count, so preload and api_keys do not refuse them too
             aliases = spec.get("aliases") if isinstance(spec, dict) else None
@@ -125,10 +123,6 @@ def _unique(model: Model, budget: int | None, names: dict[str, str], units: dict
         raise ConfigError(f"models.{model.name}.memory: {v.format_size(model.memory)} is larger than "
                           f"memory_budget {v.format_size(budget)}; it could never be loaded")
     return True
-
-
-def _fail(message: str) -> None:
-    raise ConfigError(message)
 
 
 # the top-level settings that need no other part of the config: their converter; the key's
@@ -198,7 +192,7 @@ def _prompt_cache(raw: dict, problems: Problems) -> PromptCacheSettings:
     return PromptCacheSettings(
         dir=get(v.directory, raw["prompt_cache_dir"], "prompt_cache_dir", default=default_prompt_cache_dir())
         if "prompt_cache_dir" in raw else default_prompt_cache_dir(),
-        max_bytes=get(v.size, raw.get("prompt_cache_max", "20G"), "prompt_cache_max",
+        max_bytes=get(v.size, raw.get("prompt_cache_max", _DEFAULTS["prompt_cache_max"]), "prompt_cache_max",
                       default=DEFAULT_PROMPT_CACHE_MAX),
         min_tokens=get(v.positive_int, raw.get("prompt_cache_min_tokens", DEFAULT_PROMPT_CACHE_MIN_TOKENS),
                        "prompt_cache_min_tokens", default=DEFAULT_PROMPT_CACHE_MIN_TOKENS))

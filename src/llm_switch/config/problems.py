@@ -22,6 +22,9 @@ class Problems:
     def __init__(self) -> None:
         self.found: list[str] = []
 
+    def add(self, problem: str) -> None:
+        self.found.append(problem)
+
     def get(self, convert: Callable[..., T], *args: Any, default: T) -> T:
         """convert(*args), or `default` with its problem recorded."""
         try:
