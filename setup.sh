@@ -11,7 +11,7 @@
 #   ~/.local/share/bash-completion/completions/llm-switch, ~/.local/share/zsh/site-functions/_llm-switch
 #                                             shell completion (`llm-switch completion bash|zsh`)
 #   ~/.config/systemd/user/llm-switch.service, llama-server@.service
-#   ~/.config/llm-switch/config.yaml, llama-server.env, models/<model>.env
+#   ~/.config/llm-switch/config.yaml, config.schema.json, llama-server.env, models/<model>.env
 #   ~/.config/llm-switch/api-key              a random API key, mode 0600 (--lan only)
 # (~/.config is $XDG_CONFIG_HOME when your user manager has it set.)
 #
@@ -385,10 +385,18 @@ template_memory() {
     sed -n 's/^# GPU memory: \([0-9.]*[KMGT]\) = \(.*\)$/\1 \2/p' "$1" | head -n 1
 }
 
-# One model's entry in config.yaml: its unit, its own url if its model file has its own port,
-# and its GPU memory as estimated in its model file.
+# Other names clients may use for a preset (the README's examples use them).
+model_aliases() {  # name
+    case $1 in
+        qwen3-coder-flash) say "[coder]" ;;
+        qwen3-thinking) say "[thinker]" ;;
+    esac
+}
+
+# One model's entry in config.yaml: its unit, its aliases, its own url if its model file has its
+# own port, and its GPU memory as estimated in its model file.
 config_model_entry() {  # name template
-    local name=$1 template=$2 memory why
+    local name=$1 template=$2 memory why aliases
     if [ "$DEMO" = 1 ]; then
         say "  $name: llama-server@$name.service"
         return 0
@@ -399,6 +407,10 @@ config_model_entry() {  # name template
     fi
     say "  $name:"
     say "    unit: llama-server@$name.service"
+    aliases=$(model_aliases "$name")
+    if [ -n "$aliases" ]; then
+        say "    aliases: $aliases"
+    fi
     if grep -q '@EMBEDDING_PORT@' "$template"; then
         say "    url: http://127.0.0.1:$EMBEDDING_PORT  # its own port: it may run beside another model"
     fi
@@ -408,35 +420,43 @@ config_model_entry() {  # name template
     fi
 }
 
+# config.yaml; with the default choices (no --demo, --lan, --listen or --backend-port) it is the
+# checkout's config.yaml, word for word (tests/test_setup_config.py compares them).
 write_config() {
     local out=$STAGE/config.yaml name
     {
-        say "# llm-switch config, written by setup.sh. Yours to edit: setup.sh never overwrites it once"
-        say "# you change it. After an edit: systemctl --user reload llm-switch (a config with an error"
-        say "# is refused and the old one stays; journalctl --user -u llm-switch says why)."
+        say "# yaml-language-server: \$schema=./config.schema.json"
+        say "# llm-switch's config: which models it serves, and where. Every key is described in"
+        say "# docs/configuration.md of the llm-switch checkout. setup.sh writes this file until you change"
+        say "# it; from then on it is yours. After an edit: llm-switch check, then"
+        say "# systemctl --user reload llm-switch (a config with an error is refused and the old one"
+        say "# stays; journalctl --user -u llm-switch says why)."
         say "listen: $LISTEN          # clients use $BASE_URL/v1"
         if [ "$LAN" = 1 ]; then
-            say "api_keys:                      # clients send one: Authorization: Bearer KEY (or x-api-key: KEY)"
+            say "api_keys:                       # clients send one: Authorization: Bearer KEY (or x-api-key: KEY)"
             say "  - {key_file: '$API_KEY_FILE', name: lan}"
         fi
         say "backend: http://127.0.0.1:$BACKEND_PORT  # where the model units listen (LLAMA_ARG_PORT in their model files)"
         if [ "$DEMO" = 1 ]; then
-            say "health_timeout: 60             # seconds a model may take to load"
+            say "health_timeout: 60              # seconds a model may take to load"
         else
-            say "health_timeout: 300            # seconds a model may take to load (80B models take a while)"
-            say "# memory_budget: 7.5G          # uncomment to run models side by side while their memory:"
-            say "#                              # values fit: the GPU memory free with no model loaded"
-            say "#                              # (nvidia-smi), minus ~0.3G. bge-m3 fits beside another from 8.4G."
+            say "health_timeout: 300             # seconds a model may take to load (80B models take a while)"
+            say "# memory_budget: 7.5G           # uncomment to run models side by side while their memory:"
+            say "#                               # values fit: the GPU memory free with no model loaded"
+            say "#                               # (nvidia-smi), minus ~0.3G. bge-m3 fits beside another from 8.4G."
         fi
-        say "models:                        # name clients ask for: the unit that serves it"
+        say "models:                         # name clients ask for: the unit that serves it"
         if [ "$DEMO" = 0 ]; then
-            say "  # memory: the GPU memory a model takes as tuned in models/<name>.env (which says how it"
-            say "  # was estimated); used only with memory_budget"
+            say "  # llama-server@NAME.service reads its settings from models/NAME.env beside this file."
+            say "  # aliases: other names clients may use. memory: the GPU memory a model takes as tuned"
+            say "  # there (8 GB VRAM; the file says how it was estimated); used only with memory_budget."
         fi
         for name in "${MODELS[@]}"; do
             config_model_entry "$name" "$(model_template "$name")"
         done
     } >"$out" || err "cannot write $out"
+    # editors find the keys through it (the first line names it)
+    install_file "$SRC/config.schema.json" "$CONF_DIR/config.schema.json"
     # 0600 with api_keys: a key written into it later is no one else's to read
     install_file "$out" "$CONF_DIR/config.yaml" "$([ "$LAN" = 1 ] && echo 600 || echo 644)"
 }
@@ -1024,4 +1044,7 @@ main() {
     fi
 }
 
-main "$@" || exit 1
+# sourced (tests/test_setup_config.py), only the functions are defined
+if [ "${BASH_SOURCE[0]:-$0}" = "$0" ]; then
+    main "$@" || exit 1
+fi

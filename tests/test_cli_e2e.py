@@ -4,6 +4,7 @@ and the commands that ask the running switch (`ps`, `ls`, `status --json`, `unlo
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -45,7 +46,7 @@ models:
     proc = subprocess.run([sys.executable, "-m", "llm_switch", "serve", "--config", str(config)],
                           env=deploy.um.client_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
-    assert "models.coder.unit" in proc.stderr + proc.stdout
+    assert f"{config}:4: models.coder.unit: must end in .service" in proc.stderr + proc.stdout  # as check says it
     assert http_get(f"http://{listen}/health")[0] == 0
 
 
@@ -148,3 +149,47 @@ def test_every_command_says_the_same_when_the_switch_is_not_running(deploy, args
     assert res.stderr.splitlines()[0] == f"llm-switch is not running at http://{listen}: Connection refused", res.stderr
     if args != ("status",):  # status goes on with systemd's view, on stdout
         assert res.stdout == ""
+
+
+def _check(config, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llm_switch", "check", "--config", str(config)],
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=120)
+
+
+def test_check_prints_five_mistakes_on_five_lines(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("""\
+listen: 127.0.0.1:3002
+ttl: 600
+models:
+  coder:
+    unit: llama-server@coder.service
+    aliases: c, d
+    memory: 6
+    helth_timeout: 5m
+  tiny:
+    cmd: /usr/bin/llama-server -m /models/tiny.gguf --port ${PORT}
+""")
+    res = _check(config)
+    assert res.returncode == 1
+    assert res.stdout == ""
+    assert res.stderr.splitlines() == [
+        f"{config}:2: ttl: unknown key; ttl is llama-swap's; here: idle_unload",
+        f"{config}:6: models.coder.aliases: must be a list, such as [c, d] (got 'c, d')",
+        f"{config}:7: models.coder.memory: 6 bytes? write 6G (or K, M, T: sizes need a unit)",
+        f"{config}:8: models.coder.helth_timeout: unknown key; did you mean health_timeout?",
+        f"{config}:10: models.tiny.cmd: ${{PORT}} is a llama-swap macro, which llm-switch does not expand; convert "
+        "the config with `llm-switch import`, or write the value itself",
+    ]
+
+
+def test_check_without_a_user_bus_still_checks_the_file(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("models:\n  a: a.service\n")
+    no_bus = {"DBUS_SESSION_BUS_ADDRESS": f"unix:path={tmp_path}/no-bus"}
+    res = _check(config, no_bus)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(f"{config}: config OK; systemd not reachable: cannot reach the systemd user manager")
+    config.write_text("models:\n  a: a\n")
+    res = _check(config, no_bus)
+    assert (res.returncode, res.stderr) == (1, f"{config}:2: models.a.unit: must end in .service (got 'a')\n")

@@ -79,8 +79,8 @@ def test_seed_format_loads_with_a_warning_for_trace_log():
     ("models: {a: {unit: a.service, url: 'ftp://x'}}", "models.a.url: must be an http(s) URL"),
     ("models: {a: {unit: a.service, url: 'http://h:x'}}", "models.a.url: must be an http(s) URL"),
     ("models: {a: {unit: a.service, url: 'http://h:1/v1'}}", "models.a.url: must be an http(s) URL with no path"),
-    ("models: {a: {unit: a.service, health_timeout: 0}}", "models.a.health_timeout: must be a positive number"),
-    ("models: {a: {unit: a.service, health_timeout: soon}}", "models.a.health_timeout: must be a positive number"),
+    ("models: {a: {unit: a.service, health_timeout: 0}}", "models.a.health_timeout: must be a duration"),
+    ("models: {a: {unit: a.service, health_timeout: soon}}", "models.a.health_timeout: must be a duration"),
     ("models: {a: {unit: a.service, aliases: [1]}}", "models.a.aliases: must be a list of names"),
     ("models: {a: {unit: a.service, repair_tool_calls: maybe}}", "models.a.repair_tool_calls: must be true or false"),
     ("models: {a: [a.service]}", "models.a: must be a unit name or a mapping (got a list)"),
@@ -90,7 +90,7 @@ def test_seed_format_loads_with_a_warning_for_trace_log():
     ("models: {'a..b': a.service}", "models.a..b: model name must not hold '..'"),
     ("models: {\"a\\x1b[2J\": a.service}", "model name must not hold control characters (got 'a\\x1b[2J')"),
     ("models: {a: {unit: a.service, aliases: [\"x\\ny\"]}}", "models.a.aliases: 'x\\ny' must not hold control"),
-    ("max_json_bytes: 0\nmodels: {a: a.service}", "max_json_bytes: must be a positive integer"),
+    ("max_json_bytes: 0\nmodels: {a: a.service}", "max_json_bytes: must be a number of bytes"),
     ("allowed_hosts: ['llm.home.arpa:3002']\nmodels: {a: a.service}",
      "allowed_hosts[0]: must be a host name or address without scheme or port (got 'llm.home.arpa:3002')"),
     ("allowed_hosts: 3\nmodels: {a: a.service}", "allowed_hosts: must be a list of host names"),
@@ -102,8 +102,8 @@ def test_seed_format_loads_with_a_warning_for_trace_log():
     ("listen: 3002\nmodels: {a: a.service}", "listen: must be HOST:PORT"),
     ("listen: 'h:70000'\nmodels: {a: a.service}", "listen: must be HOST:PORT"),
     ("backend: localhost:3004\nmodels: {a: a.service}", "backend: must be an http(s) URL"),
-    ("health_timeout: -1\nmodels: {a: a.service}", "health_timeout: must be a positive number"),
-    ("max_body_bytes: 1.5\nmodels: {a: a.service}", "max_body_bytes: must be a positive integer"),
+    ("health_timeout: -1\nmodels: {a: a.service}", "health_timeout: must be a duration"),
+    ("max_body_bytes: 1.5\nmodels: {a: a.service}", "max_body_bytes: must be a number of bytes"),
     ("colour: red\nmodels: {a: a.service}", "colour: unknown key"),
     ("- a\n- b", "top level must be a mapping, got a list"),
     ("models: [", "not valid YAML"),
@@ -130,6 +130,24 @@ def test_seed_format_loads_with_a_warning_for_trace_log():
     ("prompt_cache_max: lots\nmodels: {a: a.service}", "prompt_cache_max: must be a size such as 7.5G"),
     ("prompt_cache_min_tokens: 0\nmodels: {a: a.service}", "prompt_cache_min_tokens: must be a positive integer"),
     ("models: {a: {unit: a.service, prompt_cache_max: 1G}}", "models.a.prompt_cache_max: unknown key"),
+    # issue 21: what a new user writes
+    ("models: {a: {unit: a.service, memory: 6}}", "models.a.memory: 6 bytes? write 6G"),
+    ("memory_budget: '8'\nmodels: {a: a.service}", "memory_budget: 8 bytes? write 8G"),
+    ("models: {a: {unit: a.service, aliases: 'c, d'}}", "models.a.aliases: must be a list, such as [c, d]"),
+    ("models: {a: {unit: a.service, aliases: c}}", "models.a.aliases: must be a list, such as [c]"),
+    ("ttl: 60\nmodels: {a: a.service}", "ttl: unknown key; ttl is llama-swap's; here: idle_unload"),
+    ("models: {a: {unit: a.service, proxy: 'http://h:1'}}", "models.a.proxy: unknown key; proxy is llama-swap's; "
+     "here: url"),
+    ("models: {a: {unit: a.service, helth_timeout: 5}}", "models.a.helth_timeout: unknown key; did you mean "
+     "health_timeout?"),
+    ("idle_unlaod: 5m\nmodels: {a: a.service}", "idle_unlaod: unknown key; did you mean idle_unload?"),
+    ("models: {a: {cmd: '/bin/llama-server --port ${PORT}'}}", "models.a.cmd: ${PORT} is a llama-swap macro, which "
+     "llm-switch does not expand; convert the config with `llm-switch import`"),
+    ("models: {a: {cmd: '/bin/x -m ${MODEL_DIR}/a.gguf'}}", "models.a.cmd: ${MODEL_DIR} is a llama-swap macro"),
+    ("models: {a: {cmd: '/bin/llama-server --port 5000'}}", "models.a.cmd: --port 5000 differs from the port of url "
+     "http://127.0.0.1:3004"),
+    ("models: {a: {cmd: [/bin/llama-server, --port=5001], url: 'http://127.0.0.1:5000'}}",
+     "models.a.cmd: --port 5001 differs"),
 ])
 def test_errors_name_the_key(text, message):
     with pytest.raises(ConfigError) as e:
@@ -139,7 +157,8 @@ def test_errors_name_the_key(text, message):
 
 @pytest.mark.parametrize("value, expected", [
     ("7.5G", int(7.5 * (1 << 30))), ("512M", 512 << 20), ("1200K", 1200 << 10), ("2T", 2 << 40),
-    ("6.8GiB", int(6.8 * (1 << 30))), ("1g", 1 << 30), (123456, 123456), ("4096", 4096),
+    ("6.8GiB", int(6.8 * (1 << 30))), ("1g", 1 << 30), ("8Gi", 8 << 30), ("8gb", 8 << 30),
+    ("8000MB", 8000 << 20), ("3kib", 3 << 10), ("64B", 64),
 ])
 def test_sizes(value, expected):
     c = cfg(f"memory_budget: {value!r}\nmodels: {{a: a.service}}" if isinstance(value, str)
@@ -175,6 +194,57 @@ def test_scheduling_defaults_and_overrides():
     assert (c.max_wait, c.max_queue, c.preload) == (600.0, 8, ("qwen", "embed"))
     assert (qwen.memory, qwen.min_loaded, qwen.idle_unload) == (int(6.8 * (1 << 30)), 20.0, None)
     assert (embed.memory, embed.min_loaded, embed.idle_unload) == (int(1.2 * (1 << 30)), 60.0, 1800.0)
+
+
+@pytest.mark.parametrize("value, expected", [("5m", 300.0), ("300", 300.0), ("1h", 3600.0), ("90s", 90.0)])
+def test_health_timeout_is_a_duration(value, expected):
+    c = cfg(f"health_timeout: {value}\nmodels: {{a: a.service, b: {{unit: b.service, health_timeout: {value}}}}}")
+    assert c.models["a"].health_timeout == c.models["b"].health_timeout == expected
+
+
+def test_a_cmd_on_its_urls_port_passes():
+    c = cfg("models: {a: {cmd: '/bin/llama-server --port 5000', url: 'http://127.0.0.1:5000'}}")
+    assert c.models["a"].cmd[-2:] == ("--port", "5000")
+
+
+def test_every_problem_is_reported_with_its_file_and_line(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(textwrap.dedent("""\
+        listen: 127.0.0.1:3002
+        ttl: 60
+        models:
+          coder:
+            unit: llama-server@coder.service
+            aliases: c, d
+            memory: 6
+          tiny:
+            cmd: /usr/bin/llama-server --port ${PORT}
+          other:
+            cmd: /usr/bin/llama-server --port 5000
+        max_wait: soon
+    """))
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert [p.split(": ")[0] for p in e.value.problems] == [
+        f"{path}:2", f"{path}:6", f"{path}:7", f"{path}:9", f"{path}:11", f"{path}:12"]
+    assert [p.split(": ")[1] for p in e.value.problems] == [
+        "ttl", "models.coder.aliases", "models.coder.memory", "models.tiny.cmd", "models.other.cmd", "max_wait"]
+    assert e.value.message == "\n".join(e.value.problems)
+
+
+def test_a_refused_model_is_no_unknown_model_to_preload():
+    with pytest.raises(ConfigError) as e:
+        cfg("preload: [c]\nmodels: {coder: {unit: c.service, aliases: [c], memory: 6}}")
+    assert e.value.problems == ("models.coder.memory: 6 bytes? write 6G (or K, M, T: sizes need a unit)",)
+
+
+def test_a_yaml_error_names_the_file_and_line(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("models:\n  a: [\n")
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert e.value.message.startswith(f"{path}:3: not valid YAML: ")
+    assert "<unicode string>" not in e.value.message
 
 
 def test_ipv6_listen():

@@ -43,6 +43,10 @@ class SwitchError(Exception):
 class ConfigError(SwitchError):
     code = "invalid_config"
 
+    def __init__(self, message: str, problems: list[str] | tuple[str, ...] | None = None) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems) if problems else (message,)  # one line each: `check` prints them all
+
 
 class BadRequest(SwitchError):
     status, type, code = 400, "invalid_request_error", "invalid_request"

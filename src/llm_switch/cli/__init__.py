@@ -4,7 +4,6 @@ Every subcommand that asks the running switch reports its absence the same way (
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import logging
 import sys
@@ -26,8 +25,8 @@ log = logging.getLogger("llm_switch")
 def main(argv: list[str] | None = None) -> int:
     args = _parse(parser_mod.build(), list(sys.argv[1:] if argv is None else argv))
     setup_logging(logging.DEBUG if getattr(args, "debug", False) else logging.INFO)
-    if args.command in ("serve", "check"):
-        return _serve_or_check(args)
+    if args.command == "serve":
+        return _serve(args)
     try:
         return _run(args)
     except client.NotRunning as e:
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # subcommand → the module and function that run it, imported when used (a tab press runs `ls`)
-_RUNNERS = {"status": "status:run", "ps": "listing:run_ps", "ls": "listing:run_ls", "load": "control:run",
+_RUNNERS = {"check": "check:run", "status": "status:run", "ps": "listing:run_ps", "ls": "listing:run_ls", "load": "control:run",
             "unload": "control:run", "logs": "control:run", "reload": "control:run", "add": "add:run",
             "remove": "add:run", "import": "importer:run", "litellm-config": "litellm:run",
             "completion": "completion:run"}
@@ -54,15 +53,12 @@ def _run(args) -> int:
     return getattr(importlib.import_module(f".{module}", __name__), function)(args)
 
 
-def _serve_or_check(args) -> int:
+def _serve(args) -> int:
     try:
         config = load_config(args.config, getattr(args, "listen", None))
     except ConfigError as e:
-        log.error("%s", e.message)
+        log.error("%s", e.message)  # every problem, one a line, as `check` prints them
         return 2
-    if args.command == "check":
-        from .check import check
-        return asyncio.run(check(config))
     from .serve import Server
     try:
         # uvloop: a fifth less CPU per relayed request than asyncio's own loop (README, Performance)

@@ -23,12 +23,15 @@ class AnyOf:
     aliases: tuple[str, ...] = ()
 
 
-def split(models_raw: Any) -> tuple[Any, dict[str, dict]]:
-    """`models:` without its virtual models, and those (name → spec)."""
+def split(raw: dict) -> tuple[dict, dict[str, dict]]:
+    """The config with `models:` less its virtual models, and those (name → spec)."""
+    models_raw = raw.get("models")
     if not isinstance(models_raw, dict):
-        return models_raw, {}
+        return raw, {}
     groups = {str(n): s for n, s in models_raw.items() if isinstance(s, dict) and "any_of" in s}
-    return {n: s for n, s in models_raw.items() if str(n) not in groups}, groups
+    if not groups:
+        return raw, {}
+    return {**raw, "models": {n: s for n, s in models_raw.items() if str(n) not in groups}}, groups
 
 
 def parse(groups_raw: dict[str, dict], names: dict[str, str]) -> tuple[dict[str, AnyOf], dict[str, str]]:

@@ -4,34 +4,29 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..errors import ConfigError
+from . import command, schema
 from . import groups as g
 from . import keys as k
 from . import memory as mem
 from . import models_dir as md
 from . import values as v
 from . import web
-from .types import (DEFAULT_BACKEND, DEFAULT_HEADER_TIMEOUT, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY,
-                    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JSON, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT, DEFAULT_PROMPT_CACHE_MAX,
-                    DEFAULT_PROMPT_CACHE_MIN_TOKENS, DEFAULT_SHUTDOWN_GRACE, LOADING_PROGRESS,
-                    Config, Model, PromptCacheSettings, default_prompt_cache_dir)
+from .problems import Problems, yaml_error
+from .types import (DEFAULT_BACKEND, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_PROMPT_CACHE_MAX,
+                    DEFAULT_PROMPT_CACHE_MIN_TOKENS, LOADING_PROGRESS, Config, Model, PromptCacheSettings,
+                    default_prompt_cache_dir)
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$")
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.service$")
-_TOP_KEYS = {"listen", "backend", "health_timeout", "max_body_bytes", "models", "memory_budget", "min_loaded",
-             "idle_unload", "max_wait", "max_queue", "preload", "shutdown_grace",
-             "prompt_cache", "prompt_cache_dir", "prompt_cache_max", "prompt_cache_min_tokens", "loading_progress",
-             "api_keys", "allow_unauthenticated", "metrics_public", "max_connections", "header_timeout",
-             "max_json_bytes", "allowed_hosts", "cors_origins",
-             "memory_device", "memory_reserve", "models_dir", "models_defaults"}
-_MODEL_KEYS = {"unit", "cmd", "url", "aliases", "health_timeout", "repair_tool_calls", "memory", "min_loaded",
-               "idle_unload", "prompt_cache", "backend_api_key", "loading_progress", "unlisted", "pin", "priority"}
+_TOP_KEYS = schema.names(schema.TOP)
+_MODEL_KEYS = schema.names(schema.MODEL)
+_DEFAULTS = schema.defaults(schema.TOP)
 
 
 def find_path(explicit: str | None) -> Path:
@@ -55,83 +50,102 @@ def load(path: str | os.PathLike) -> Config:
 
 
 def parse(text: str, path: str | None = None) -> Config:
+    """The config, or one ConfigError listing every problem (`FILE:LINE: key.path: message`)."""
     where = path or "config"
+    raw = _read(text, where)
+    problems, warnings = Problems(), []
+    if "server" in raw:
+        raw = problems.get(_from_seed_format, raw, warnings, default={k: x for k, x in raw.items() if k != "server"})
+    problems.get(v.reject_unknown, raw, "", _TOP_KEYS, schema.LLAMA_SWAP_TOP, default=None)
+    host, port = problems.get(v.listen, raw.get("listen", DEFAULT_LISTEN), "listen",
+                              default=v.listen(DEFAULT_LISTEN, "listen"))
+    defaults = _model_defaults(raw, problems)
+    memory = problems.get(mem.budget, raw, default=mem.budget({}))
+    raw, groups_raw = g.split(raw)
+    models, names = _models(raw, defaults, memory["memory_budget"], warnings, problems)
+    problems.get(g.check_pins, models, memory["memory_budget"], default=None)
+    any_of, any_of_names = problems.get(g.parse, groups_raw, names, default=({}, {}))
+    api_keys = problems.get(k.parse_keys, raw.get("api_keys"), names, path, warnings, default=())
+    if path is not None:
+        warnings.extend(k.readable_secrets(raw, path))
+    config = Config(host, port, models, path=path, warnings=tuple(warnings), names=names, **memory,
+                    preload=problems.get(_preload, raw.get("preload", []), names, default=()),
+                    prompt_cache=_prompt_cache(raw, problems), api_keys=api_keys, any_of=any_of,
+                    any_of_names=any_of_names, **_settings(raw, problems))
+    if not problems.found:
+        problems.get(k.check_exposure, config, default=None)
+    problems.raise_any(text, path)
+    return config
+
+
+def _read(text: str, where: str) -> dict:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: not valid YAML: {e}") from None
+        raise yaml_error(e, where) from None
     except RecursionError:
         raise ConfigError(f"{where}: nested too deeply to be a config") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: top level must be a mapping, got {v.kind(raw)}")
-    warnings: list[str] = []
-    if "server" in raw:
-        raw = _from_seed_format(raw, warnings)
-    v.reject_unknown(raw, "", _TOP_KEYS)
-
-    host, port = v.listen(raw.get("listen", DEFAULT_LISTEN), "listen")
-    defaults = _model_defaults(raw)
-    budget = (memory := mem.budget(raw))["memory_budget"]
-
-    groups_raw: dict[str, dict] = {}
-    if "models" in raw:
-        raw["models"], groups_raw = g.split(raw["models"])
-    models, names = _models(raw, defaults, budget, warnings)
-    g.check_pins(models, budget)
-    any_of, any_of_names = g.parse(groups_raw, names)
-    api_keys = k.parse_keys(raw.get("api_keys"), names, path, warnings)
-    if path is not None:
-        warnings.extend(k.readable_secrets(raw, path))
-    config = Config(host, port, models, path=path, warnings=tuple(warnings), names=names, **memory,
-                    preload=_preload(raw.get("preload", []), names), prompt_cache=_prompt_cache(raw),
-                    api_keys=api_keys, any_of=any_of, any_of_names=any_of_names, **_settings(raw))
-    k.check_exposure(config)
-    return config
+    return raw
 
 
-def _models(raw: dict, defaults: dict[str, Any], budget: int | None,
-            warnings: list[str]) -> tuple[dict[str, Model], dict[str, str]]:
+def _models(raw: dict, defaults: dict[str, Any], budget: int | None, warnings: list[str],
+            problems: Problems) -> tuple[dict[str, Model], dict[str, str]]:
     """The models (those of models_dir too), and every name and alias → its model's name."""
     models_raw = raw.get("models")
     if (not isinstance(models_raw, dict) or not models_raw) and not (models_raw is None and "models_dir" in raw):
-        raise ConfigError("models: must be a mapping of at least one model name to a unit or settings")
+        problems.add("models: must be a mapping of at least one model name to a unit or settings")
     models: dict[str, Model] = {}
     names: dict[str, str] = {}
     units: dict[str, str] = {}
-    for name, spec in (models_raw or {}).items():
-        model = _model(str(name), spec, defaults)
-        for key in (model.name, *model.aliases):
-            if key in names:
-                raise ConfigError(f"models.{model.name}: name or alias {key!r} is already used by model {names[key]!r}")
-            names[key] = model.name
-        if model.unit in units:
-            raise ConfigError(f"models.{model.name}.unit: {model.unit} is already used by model {units[model.unit]!r}")
-        if budget is not None and model.memory is not None and model.memory > budget:
-            raise ConfigError(f"models.{model.name}.memory: {v.format_size(model.memory)} is larger than "
-                              f"memory_budget {v.format_size(budget)}; it could never be loaded")
+    for name, spec in (models_raw if isinstance(models_raw, dict) else {}).items():
+        model = _model(str(name), spec, defaults, problems)
+        if model is None:  # refused: its names still count, so preload and api_keys do not refuse them too
+            aliases = spec.get("aliases") if isinstance(spec, dict) else None
+            for n in [name, *(aliases if isinstance(aliases, list) else [])]:
+                names.setdefault(str(n), str(name))
+            continue
+        if problems.get(_unique, model, budget, names, units, default=False) is False:
+            continue
+        names.update({key: model.name for key in (model.name, *model.aliases)})
         units[model.unit] = model.name
         models[model.name] = model
-    _dir_models(raw, defaults, models, names, warnings)
+    problems.get(_dir_models, raw, defaults, models, names, warnings, default=None)
     return models, names
 
 
-def _settings(raw: dict) -> dict[str, Any]:
-    """The top-level settings that need no other part of the config."""
-    return dict(
-        max_body_bytes=v.positive_int(raw.get("max_body_bytes", DEFAULT_MAX_BODY), "max_body_bytes"),
-        max_wait=v.duration(raw.get("max_wait", DEFAULT_MAX_WAIT), "max_wait"),
-        max_queue=v.positive_int(raw.get("max_queue", DEFAULT_MAX_QUEUE), "max_queue"),
-        shutdown_grace=v.duration(raw.get("shutdown_grace", DEFAULT_SHUTDOWN_GRACE), "shutdown_grace"),
-        allow_unauthenticated=v.boolean(raw.get("allow_unauthenticated", False), "allow_unauthenticated"),
-        metrics_public=v.boolean(raw.get("metrics_public", False), "metrics_public"),
-        max_connections=v.positive_int(raw.get("max_connections", DEFAULT_MAX_CONNECTIONS), "max_connections"),
-        header_timeout=v.duration(raw.get("header_timeout", DEFAULT_HEADER_TIMEOUT), "header_timeout"),
-        max_json_bytes=v.positive_int(raw.get("max_json_bytes", DEFAULT_MAX_JSON), "max_json_bytes"),
-        allowed_hosts=web.allowed_hosts(raw.get("allowed_hosts")),
-        cors_origins=web.cors_origins(raw.get("cors_origins")),
-    )
+def _unique(model: Model, budget: int | None, names: dict[str, str], units: dict[str, str]) -> bool:
+    """A model's names and unit are its own, and it fits the budget."""
+    for key in (model.name, *model.aliases):
+        if key in names:
+            raise ConfigError(f"models.{model.name}: name or alias {key!r} is already used by model {names[key]!r}")
+    if model.unit in units:
+        raise ConfigError(f"models.{model.name}.unit: {model.unit} is already used by model {units[model.unit]!r}")
+    if budget is not None and model.memory is not None and model.memory > budget:
+        raise ConfigError(f"models.{model.name}.memory: {v.format_size(model.memory)} is larger than "
+                          f"memory_budget {v.format_size(budget)}; it could never be loaded")
+    return True
+
+
+# the top-level settings that need no other part of the config: their converter; the key's
+# default comes from the schema table
+_SETTINGS = {
+    "max_body_bytes": v.byte_count, "max_json_bytes": v.byte_count, "max_wait": v.duration,
+    "max_queue": v.positive_int, "shutdown_grace": v.duration, "allow_unauthenticated": v.boolean,
+    "metrics_public": v.boolean, "max_connections": v.positive_int, "header_timeout": v.duration,
+    "allowed_hosts": web.allowed_hosts, "cors_origins": web.cors_origins,
+}
+
+
+def _settings(raw: dict, problems: Problems) -> dict[str, Any]:
+    out = {}
+    for key, convert in _SETTINGS.items():
+        default = yaml.safe_load(_DEFAULTS[key])
+        out[key] = problems.get(convert, raw.get(key, default), key, default=convert(default, key))
+    return out
 
 
 def _dir_models(raw: dict, defaults: dict[str, Any], models: dict[str, Model], names: dict[str, str],
@@ -161,27 +175,32 @@ def _dir_models(raw: dict, defaults: dict[str, Any], models: dict[str, Model], n
         raise ConfigError(f"models: is empty and models_dir {directory} holds no GGUF file")
 
 
-def _model_defaults(raw: dict) -> dict[str, Any]:
+def _model_defaults(raw: dict, problems: Problems) -> dict[str, Any]:
     """What a model has unless it says otherwise."""
+    get = problems.get
     return {
-        "url": v.url(raw.get("backend", DEFAULT_BACKEND), "backend"),
-        "health_timeout": v.positive_seconds(raw.get("health_timeout", DEFAULT_HEALTH_TIMEOUT), "health_timeout"),
-        "min_loaded": v.duration(raw["min_loaded"], "min_loaded") if "min_loaded" in raw else None,
-        "idle_unload": v.optional_duration(raw.get("idle_unload", "off"), "idle_unload"),
-        "prompt_cache": v.boolean(raw.get("prompt_cache", True), "prompt_cache"),
-        "loading_progress": v.one_of(raw.get("loading_progress", "reasoning"), "loading_progress",
-                                     LOADING_PROGRESS),
+        "url": get(v.url, raw.get("backend", DEFAULT_BACKEND), "backend", default=DEFAULT_BACKEND),
+        "health_timeout": get(v.duration, raw.get("health_timeout", DEFAULT_HEALTH_TIMEOUT), "health_timeout",
+                              default=DEFAULT_HEALTH_TIMEOUT),
+        "min_loaded": get(v.duration, raw["min_loaded"], "min_loaded", default=None) if "min_loaded" in raw
+        else None,
+        "idle_unload": get(v.optional_duration, raw.get("idle_unload", "off"), "idle_unload", default=None),
+        "prompt_cache": get(v.boolean, raw.get("prompt_cache", True), "prompt_cache", default=True),
+        "loading_progress": get(v.one_of, raw.get("loading_progress", "reasoning"), "loading_progress",
+                                LOADING_PROGRESS, default="reasoning"),
         "budget_set": raw.get("memory_budget") is not None,  # then a model with no memory is auto
     }
 
 
-def _prompt_cache(raw: dict) -> PromptCacheSettings:
+def _prompt_cache(raw: dict, problems: Problems) -> PromptCacheSettings:
+    get = problems.get
     return PromptCacheSettings(
-        dir=v.directory(raw["prompt_cache_dir"], "prompt_cache_dir") if "prompt_cache_dir" in raw
-        else default_prompt_cache_dir(),
-        max_bytes=v.size(raw.get("prompt_cache_max", DEFAULT_PROMPT_CACHE_MAX), "prompt_cache_max"),
-        min_tokens=v.positive_int(raw.get("prompt_cache_min_tokens", DEFAULT_PROMPT_CACHE_MIN_TOKENS),
-                                  "prompt_cache_min_tokens"))
+        dir=get(v.directory, raw["prompt_cache_dir"], "prompt_cache_dir", default=default_prompt_cache_dir())
+        if "prompt_cache_dir" in raw else default_prompt_cache_dir(),
+        max_bytes=get(v.size, raw.get("prompt_cache_max", _DEFAULTS["prompt_cache_max"]), "prompt_cache_max",
+                      default=DEFAULT_PROMPT_CACHE_MAX),
+        min_tokens=get(v.positive_int, raw.get("prompt_cache_min_tokens", DEFAULT_PROMPT_CACHE_MIN_TOKENS),
+                       "prompt_cache_min_tokens", default=DEFAULT_PROMPT_CACHE_MIN_TOKENS))
 
 
 def _preload(value: Any, names: dict[str, str]) -> tuple[str, ...]:
@@ -221,56 +240,71 @@ def _from_seed_format(raw: dict, warnings: list[str]) -> dict:
     return out
 
 
-def _model(name: str, spec: Any, defaults: dict[str, Any]) -> Model:
+def _model(name: str, spec: Any, defaults: dict[str, Any], problems: Problems) -> Model | None:
+    """The model, or None when its problems are recorded."""
     key = f"models.{name}"
+    before = len(problems.found)
+    spec = problems.get(_spec, name, spec, key, default=None)
+    if spec is None:
+        return None
+    get = problems.get
+    get(v.reject_unknown, spec, key + ".", _MODEL_KEYS, schema.LLAMA_SWAP_MODEL, default=None)
+    unit, cmd = get(_unit_or_cmd, name, spec, key, default=(None, None))
+    url = get(v.url, spec["url"], f"{key}.url", default=None) if "url" in spec else defaults["url"]
+    if cmd is not None and url is not None:
+        get(command.check_port, cmd, url, f"{key}.cmd", default=None)
+    memory, memory_auto = get(mem.model_memory, spec, key, defaults["budget_set"], default=(None, False))
+    model = Model(
+        name=name, unit=unit or "", url=url or "", aliases=get(_aliases, spec.get("aliases", []), key, default=()),
+        cmd=cmd, memory=memory, memory_auto=memory_auto,
+        repair_tool_calls=get(v.boolean, spec.get("repair_tool_calls", True), f"{key}.repair_tool_calls",
+                              default=True),
+        unlisted=get(v.boolean, spec.get("unlisted", False), f"{key}.unlisted", default=False),
+        backend_api_key=get(k.backend_api_key, spec.get("backend_api_key"), f"{key}.backend_api_key", default=None),
+        pin=get(v.boolean, spec.get("pin", False), f"{key}.pin", default=False),
+        priority=get(_priority, spec.get("priority", 0), f"{key}.priority", default=0),
+        **_overrides(spec, key, defaults, problems))
+    return model if len(problems.found) == before else None
+
+
+def _spec(name: str, spec: Any, key: str) -> dict:
     _check_name(name, key)
     if isinstance(spec, str):
         spec = {"unit": spec}
     if not isinstance(spec, dict):
         raise ConfigError(f"{key}: must be a unit name or a mapping (got {v.kind(spec)})")
-    v.reject_unknown(spec, key + ".", _MODEL_KEYS)
+    return spec
+
+
+def _unit_or_cmd(name: str, spec: dict, key: str) -> tuple[str, tuple[str, ...] | None]:
     if ("unit" in spec) == ("cmd" in spec):
         raise ConfigError(f"{key}: needs exactly one of unit or cmd")
-    cmd = None
-    if "unit" in spec:
-        unit = spec["unit"]
-        if not isinstance(unit, str) or not _UNIT_NAME.match(unit):
-            raise ConfigError(f"{key}.unit: must end in .service (got {unit!r})")
-    else:
-        cmd = _cmd(spec["cmd"], f"{key}.cmd")
-        unit = f"llm-switch-{_unit_escape(name)}.service"
-    memory, memory_auto = mem.model_memory(spec, key, defaults["budget_set"])
-    aliases = spec.get("aliases", [])
+    if "cmd" in spec:
+        return f"llm-switch-{_unit_escape(name)}.service", command.argv(spec["cmd"], f"{key}.cmd")
+    unit = spec["unit"]
+    if not isinstance(unit, str) or not _UNIT_NAME.match(unit):
+        raise ConfigError(f"{key}.unit: must end in .service (got {unit!r})")
+    return unit, None
+
+
+def _aliases(aliases: Any, key: str) -> tuple[str, ...]:
     if isinstance(aliases, str):
-        aliases = [aliases]
+        listed = ", ".join(a.strip() for a in aliases.split(",") if a.strip())
+        raise ConfigError(f"{key}.aliases: must be a list, such as [{listed}] (got {aliases!r})")
     if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
         raise ConfigError(f"{key}.aliases: must be a list of names")
     if bad := next((a for a in aliases if not a.isprintable()), None):
         raise ConfigError(f"{key}.aliases: {bad!r} must not hold control characters")
-    return Model(
-        name=name,
-        unit=unit,
-        url=v.url(spec["url"], f"{key}.url") if "url" in spec else defaults["url"],
-        aliases=tuple(aliases),
-        cmd=cmd,
-        health_timeout=(v.positive_seconds(spec["health_timeout"], f"{key}.health_timeout")
-                        if "health_timeout" in spec else defaults["health_timeout"]),
-        repair_tool_calls=v.boolean(spec.get("repair_tool_calls", True), f"{key}.repair_tool_calls"),
-        memory=memory,
-        memory_auto=memory_auto,
-        unlisted=v.boolean(spec.get("unlisted", False), f"{key}.unlisted"),
-        min_loaded=v.duration(spec["min_loaded"], f"{key}.min_loaded") if "min_loaded" in spec
-        else defaults["min_loaded"],
-        idle_unload=v.optional_duration(spec["idle_unload"], f"{key}.idle_unload") if "idle_unload" in spec
-        else defaults["idle_unload"],
-        prompt_cache=v.boolean(spec["prompt_cache"], f"{key}.prompt_cache") if "prompt_cache" in spec
-        else defaults["prompt_cache"],
-        backend_api_key=k.backend_api_key(spec.get("backend_api_key"), f"{key}.backend_api_key"),
-        loading_progress=v.one_of(spec["loading_progress"], f"{key}.loading_progress", LOADING_PROGRESS)
-        if "loading_progress" in spec else defaults["loading_progress"],
-        pin=v.boolean(spec.get("pin", False), f"{key}.pin"),
-        priority=_priority(spec.get("priority", 0), f"{key}.priority"),
-    )
+    return tuple(aliases)
+
+
+def _overrides(spec: dict, key: str, defaults: dict[str, Any], problems: Problems) -> dict[str, Any]:
+    """The settings a model may set for itself, else the global ones."""
+    convert = {"health_timeout": v.duration, "min_loaded": v.duration, "idle_unload": v.optional_duration,
+               "prompt_cache": v.boolean,
+               "loading_progress": lambda value, at: v.one_of(value, at, LOADING_PROGRESS)}
+    return {name: problems.get(fn, spec[name], f"{key}.{name}", default=defaults[name]) if name in spec
+            else defaults[name] for name, fn in convert.items()}
 
 
 def _priority(value: Any, key: str) -> int:
@@ -292,24 +326,6 @@ def _check_name(name: str, key: str) -> None:
     else:
         return
     raise ConfigError(f"{key}: model name {why} (got {name!r})")
-
-
-def _cmd(value: Any, key: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        try:
-            argv = shlex.split(value)
-        except ValueError as e:
-            raise ConfigError(f"{key}: cannot split into arguments: {e}") from None
-    elif isinstance(value, list) and all(isinstance(a, (str, int, float)) for a in value):
-        argv = [str(a) for a in value]
-    else:
-        raise ConfigError(f"{key}: must be a command line or a list of arguments")
-    if not argv:
-        raise ConfigError(f"{key}: must not be empty")
-    if not os.path.isabs(os.path.expanduser(argv[0])):
-        raise ConfigError(f"{key}: the program must be an absolute path (got {argv[0]!r})")
-    argv[0] = os.path.expanduser(argv[0])
-    return tuple(argv)
 
 
 def _unit_escape(name: str) -> str:

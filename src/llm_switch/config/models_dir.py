@@ -25,11 +25,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
+from . import schema
 from . import values as v
 
 GGUF_MAGIC = b"GGUF"
 _SPLIT = re.compile(r"-0*(\d+)-of-\d+$")
-_KEYS = {"ctx", "args", "memory", "llama_server", "port"}
+_KEYS = schema.names(schema.DIR_DEFAULTS)
 
 
 def scan(directory: str) -> tuple[dict[str, Path], list[str]]:

@@ -3,6 +3,7 @@ naming the key path."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from typing import Any
@@ -10,7 +11,9 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.I)
+# 8G, 8g, 8GB, 8GiB, 8Gi: all 8 * 1024**3; a bare B is bytes
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(?:iB|B|i)?|(B))\s*$", re.I)
+_NUMBER = re.compile(r"^\s*\d+(?:\.\d+)?\s*$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_FACTOR = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SECONDS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -18,13 +21,23 @@ OFF = ("off", "false", "no", "never")
 
 
 def size(value: Any, key: str) -> int:
-    """Bytes from `7.5G`, `512M`, `1200K` (powers of 1024) or a plain number of bytes."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
+    """Bytes from `7.5G`, `512M`, `1200K`, `2T` (powers of 1024); a number needs its unit."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if (number or isinstance(value, str) and _NUMBER.match(value)) and float(value) > 0:
+        raise ConfigError(f"{key}: {value} bytes? write {value}G (or K, M, T: sizes need a unit)")
     m = _SIZE.match(value) if isinstance(value, str) else None
     if m is None or float(m.group(1)) <= 0:
-        raise ConfigError(f"{key}: must be a size such as 7.5G, 512M or a number of bytes (got {value!r})")
-    return int(float(m.group(1)) * _UNIT_FACTOR[m.group(2).upper()])
+        raise ConfigError(f"{key}: must be a size such as 7.5G, 512M or 2T (got {value!r})")
+    return int(float(m.group(1)) * _UNIT_FACTOR[(m.group(2) or "").upper()])
+
+
+def byte_count(value: Any, key: str) -> int:
+    """A positive number of bytes, or a size with its unit (`64M`)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str) and not _NUMBER.match(value):
+        return size(value, key)
+    raise ConfigError(f"{key}: must be a number of bytes or a size such as 64M (got {value!r})")
 
 
 def duration(value: Any, key: str) -> float:
@@ -74,12 +87,6 @@ def listen(value: Any, key: str) -> tuple[str, int]:
     return m.group(1) or m.group(2), port
 
 
-def positive_seconds(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"{key}: must be a positive number of seconds (got {value!r})")
-    return float(value)
-
-
 def positive_int(value: Any, key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{key}: must be a positive integer (got {value!r})")
@@ -108,10 +115,23 @@ def boolean(value: Any, key: str) -> bool:
     return value
 
 
-def reject_unknown(mapping: dict, prefix: str, known: set[str]) -> None:
-    for k in mapping:
-        if k not in known:
-            raise ConfigError(f"{prefix}{k}: unknown key (known: {', '.join(sorted(known))})")
+def reject_unknown(mapping: dict, prefix: str, known: set[str] | frozenset[str],
+                   renamed: dict[str, str] | None = None) -> None:
+    """Every unknown key at once, each with the closest known one or, for a key of another
+    program (`renamed`), what to write instead."""
+    found = [f"{prefix}{k}: unknown key; {unknown_hint(str(k), known, renamed or {})}"
+             for k in mapping if k not in known]
+    if found:
+        raise ConfigError("\n".join(found), found)
+
+
+def unknown_hint(key: str, known: set[str] | frozenset[str], renamed: dict[str, str]) -> str:
+    if key in renamed:
+        return renamed[key]
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]}?"
+    return f"known: {', '.join(sorted(known))}"
 
 
 def kind(value: Any) -> str:
