@@ -170,6 +170,9 @@ async def tags(request: web.Request) -> web.Response:
     for name, model in scheduler.config.models.items():
         models.append({"name": name, "model": name, "modified_at": since, "size": model.memory or 0,
                        "digest": "", "details": _details()})
+    for name in scheduler.config.any_of:  # virtual models: a member serves
+        models.append({"name": name, "model": name, "modified_at": since, "size": 0, "digest": "",
+                       "details": _details()})
     return web.json_response({"models": models})
 
 

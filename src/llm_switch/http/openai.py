@@ -9,7 +9,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from .. import repair
-from ..config import Model
+from ..config import AnyOf, Model
 from ..errors import UnknownModel
 from ..observe.middleware import observed
 from ..scheduling.scheduler import Scheduler
@@ -100,11 +100,20 @@ async def list_models(request: web.Request) -> web.Response:
     scheduler = request.app[SCHEDULER]
     names = auth.visible(request, scheduler.config.models)  # a key limited to some models sees those
     names = [n for n in names if not scheduler.config.models[n].unlisted]  # served, not listed
-    return web.json_response({"object": "list", "data": [_model_entry(scheduler, n) for n in names]})
+    groups = [_any_of_entry(g) for g in scheduler.config.any_of.values() if auth.visible(request, g.members)]
+    return web.json_response({"object": "list", "data": [_model_entry(scheduler, n) for n in names] + groups})
+
+
+def _any_of_entry(group: AnyOf) -> dict:
+    """A virtual model: its members instead of a unit and a state."""
+    return {"id": group.name, "object": "model", "created": 0, "owned_by": "llm-switch",
+            "aliases": list(group.aliases), "any_of": list(group.members)}
 
 
 async def get_model(request: web.Request) -> web.Response:
     scheduler = request.app[SCHEDULER]
+    if (group := scheduler.config.group(request.match_info["model"])) is not None:
+        return web.json_response(_any_of_entry(group))
     model = scheduler.config.resolve(request.match_info["model"])
     if model is None:
         raise UnknownModel.named(request.match_info["model"], scheduler.config.known())

@@ -5,6 +5,7 @@ relay. A route supplies only where the model's name is, its rewrites and its wir
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
@@ -63,9 +64,13 @@ class ModelRoute:
 
     async def serve(self, request: web.Request) -> web.StreamResponse:
         """A JSON request: parse and resolve, then the rest of the pipeline (`to_model`)."""
-        config = request.app[SCHEDULER].config  # the newest: a reload replaces it
+        scheduler = request.app[SCHEDULER]
+        config = scheduler.config  # the newest: a reload replaces it
         body, payload = await read_json(request)
-        return await self.to_model(request, model_named(config, self.model_name(config, payload)), payload, body)
+        name = self.model_name(config, payload)
+        if (chosen := scheduler.chosen(name)) != name:  # an any_of virtual model: a member serves
+            payload, body = served_as(payload, chosen)
+        return await self.to_model(request, model_named(config, chosen), payload, body)
 
     async def to_model(self, request: web.Request, model: Model, payload: Any, body: Body) -> web.StreamResponse:
         """Authorize, repair, progress, switch and relay, for a request whose model is found."""
@@ -83,6 +88,13 @@ class ModelRoute:
                 await response.write_eof()
             await call.after()
         return response
+
+
+def served_as(payload: Any, name: Any) -> tuple[Any, bytes]:
+    """The request naming the member of an `any_of` that serves it, so that the answer's `model`
+    names that member too."""
+    payload = {**payload, "model": name} if isinstance(payload, dict) else payload
+    return payload, json.dumps(payload).encode()
 
 
 def check_length(request: web.Request, config: Config) -> None:

@@ -142,7 +142,7 @@ class Progress:
             if self.response is None:
                 if self._stopping:
                     return  # admitted before this task ran: no progress to tell
-                response = web.StreamResponse(status=200, headers={
+                response = web.StreamResponse(status=200, headers={"X-LLM-Switch-Model": self.model.name,
                     "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
                 await response.prepare(self.request)
                 self.response = response

@@ -62,7 +62,7 @@ async def relay(request: web.Request, model: Model, body: bytes | AsyncIterable[
         if prepared is not None and (head.status != 200 or not head.event_stream):
             return await _end_with_backend_error(prepared, model, upstream, dialect)
         rewrite = transform(head) if transform else None
-        headers = _answer_headers(upstream, rewrite, obs)
+        headers = _answer_headers(upstream, rewrite, obs) + [("X-LLM-Switch-Model", model.name)]
         if rewrite and not head.event_stream:
             return await _whole(request, model, upstream, rewrite, headers, obs)
         response = prepared
