@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import yaml
 
 from support.harness import UnitSampler, chat_body, post_json, wait_for, wait_for_async
 
@@ -105,6 +106,10 @@ async def test_any_of_is_served_by_the_loaded_coder_with_no_start(deploy, tiny_m
         listed = {m["id"]: m for m in daemon.get_json("/v1/models")["data"]}
         assert listed["either"]["any_of"] == ["other-coder", "coder"] and listed["either"]["aliases"] == ["any-coder"]
         assert "either" in {m["name"] for m in daemon.get_json("/api/tags")["models"]}
+    made = deploy.cli("litellm-config", "--host", daemon.url)
+    assert made.returncode == 0, made.stderr
+    litellm = {m["model_name"]: m["litellm_params"]["model"] for m in yaml.safe_load(made.stdout)["model_list"]}
+    assert (litellm["either"], litellm["any-coder"]) == ("openai/either", "openai/any-coder")
     assert other.runs() == []  # never started
     assert len(coder.runs()) == 1
     assert user_manager.active_units(f"*-{deploy.tag}@*") == [coder.unit]
