@@ -216,7 +216,8 @@ class Scheduler:
         if target in self._abandoned:
             self._abandoned.discard(target)
             abandoned = self.models[target]
-            self._runner.begin(None, lambda: self._stop_abandoned(abandoned))
+            if not self._closed:  # on exit units are left as they are
+                self._runner.begin(None, lambda: self._stop_abandoned(abandoned))
         elif target is not None and error is not None:
             self._fail_waiting(target, error)  # the next request tries again
         elif target is not None and (r := self.models.get(target)) and r.state is State.READY and not r.draining:
