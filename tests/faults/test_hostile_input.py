@@ -43,7 +43,7 @@ async def test_deeply_nested_body_is_400(echo):
 
 
 async def test_deeply_nested_tool_call_arguments_become_an_empty_object(echo):
-    """History arguments nested 10,000 deep: repaired to {} with a warning, as the README promises."""
+    """History arguments nested 10,000 deep: repaired to {} with a warning, as docs/tool-calls.md promises."""
     daemon, backend = echo
     deep = "[" * DEEP + "]" * DEEP
     history = [{"role": "user", "content": "go"},

@@ -1,7 +1,7 @@
 """A JSON body's memory is bounded (issue 18): `max_json_bytes` (16 MiB by default) and at most
-json_body.LARGE_AT_ONCE bodies over 1 MiB read and parsed at once. The figure in the README comes
-from here: the switch's peak RSS (VmHWM) while the worst body there is, `[{},{},…]` of 16 MiB, is
-parsed."""
+json_body.LARGE_AT_ONCE bodies over 1 MiB read and parsed at once. The figure in
+docs/security.md comes from here: the switch's peak RSS (VmHWM) while the worst body there is,
+`[{},{},…]` of 16 MiB, is parsed."""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ def _serve(args) -> int:
         return 2
     from .serve import Server
     try:
-        # uvloop: a fifth less CPU per relayed request than asyncio's own loop (README, Performance)
+        # uvloop: a fifth less CPU per relayed request than asyncio's own loop (docs/performance.md)
         uvloop.run(Server(config, args.config).run())
     except SwitchError as e:
         log.error("%s", e.message)

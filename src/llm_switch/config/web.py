@@ -1,5 +1,5 @@
 """`allowed_hosts` and `cors_origins`: who a browser may reach the switch as, and from which
-pages (the rules are in http/guard.py and the README's security section)."""
+pages (the rules are in http/guard.py and docs/security.md)."""
 
 from __future__ import annotations
 
