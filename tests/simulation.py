@@ -352,6 +352,10 @@ async def _no_journal(unit: str) -> list[str]:
     return []
 
 
+async def _no_start_log(unit: str, since: float) -> list[str]:
+    return []
+
+
 # -- the world -----------------------------------------------------------------------------------
 
 @dataclass
@@ -572,7 +576,7 @@ class World:
         events = EventBus()
         events.subscribe(StateChanged, self.on_state)
         parts = Parts(self.units, FakeBackends(self.units), events, clock=asyncio.get_running_loop().time,
-                      journal=_no_journal)
+                      journal=_no_journal, start_log=_no_start_log)
         self.scheduler = Scheduler(self.load.config, parts, decide=self.decide)
         try:
             await asyncio.gather(*(self.client(r) for r in self.load.requests),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..events import EventBus
-from ..units.journal import journal_tail
+from ..units.journal import journal_since, journal_tail
 from ..units.systemd import ActiveState
 
 
@@ -62,3 +62,4 @@ class Parts:
     gpu: Vram = NoVram()
     clock: Callable[[], float] = time.monotonic
     journal: Callable[[str], Awaitable[list[str]]] = journal_tail
+    start_log: Callable[[str, float], Awaitable[list[str]]] = journal_since  # a unit's lines since a unix time
