@@ -101,9 +101,9 @@ class Learning:
         lines = await self._start_log(model.unit, started)
         learned = report.from_log(lines)
         for change in learned.fit_changes:
-            log.warning("%s: llama-server's --fit changed its %s to fit the free memory (%s); give it less "
-                        "context or fewer GPU layers, or stop what else runs, to keep its settings",
-                        model.name, change.parameter, change.describe())
+            log.warning("%s: llama-server's --fit changed a setting to fit the memory free at its start: %s; "
+                        "give it a smaller context or fewer GPU layers, or stop what runs beside it, to keep "
+                        "what you set", model.name, change.describe())
         if learned.devices:
             self._gpu = self._gpu or (learned.first_gpu if learned.first_gpu != "Host" else None)
             self._totals.update(learned.totals)
