@@ -103,6 +103,9 @@ def test_learned_memory_is_the_breakdown_survives_a_restart_and_goes_with_the_fi
     assert abs(memory["learned"] - breakdown_self(journal_manager, unit)) <= MIB, memory
     assert memory["device"] == "Host" and memory["counted"] == memory["learned"], memory
     assert "learned memory" in daemon.log() and "from llama-server's memory breakdown" in daemon.log()
+    metrics = harness.http_get(daemon.url + "/metrics")[1].decode()
+    shown = re.search(rf'llm_switch_model_memory_bytes{{kind="learned",model="{name}"}} (\S+)', metrics)
+    assert shown and float(shown[1]) == memory["learned"], metrics
     shown = harness.run_cli(["status", "--url", daemon.url], {"LLM_SWITCH_CONFIG": str(d.dir / "config.yaml")})
     assert re.search(r"memory budget: \S+ \(MemTotal in /proc/meminfo, less memory_reserve\)", shown.stdout), shown
     assert re.search(rf"{name}\s+ready.*memory not declared, \S+ learned on Host", shown.stdout), shown
