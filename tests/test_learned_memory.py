@@ -113,7 +113,14 @@ def test_learned_memory_is_the_breakdown_survives_a_restart_and_goes_with_the_fi
     daemon.stop()  # the unit keeps running; a new switch adopts it and knows its memory at once
     again = start(d, journal_manager)
     assert learned(again, name) == memory["learned"]
+    assert memory_of(again, name)["learned_from"].endswith("(kept from an earlier start)")
     assert journal_manager.active_units(unit) == [unit]
+
+    again.stop()  # with nothing kept (a new state directory), an adopted unit's journal tells
+    (d.dir / "state" / "llm-switch" / "learned-memory.json").unlink()
+    again = start(d, journal_manager)
+    wait_for(lambda: learned(again, name) == memory["learned"], 30, what="the memory learned from the journal")
+    assert memory_of(again, name)["learned_from"] == "llama-server's memory breakdown"
 
     shutil.copy(tiny_models["b"], gguf)  # a new file under the same name
     again.proc.send_signal(signal.SIGHUP)

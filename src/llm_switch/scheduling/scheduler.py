@@ -342,6 +342,8 @@ class Scheduler:
                 self._runner.begin(r.name, r.start)
                 with contextlib.suppress(SwitchError):
                     await asyncio.shield(self._runner.current)
+            if r.state is State.READY and self.learning.learned(r.name) is None:
+                self._learn_soon(r, 0.0)  # not kept from an earlier run: its journal's last breakdown tells
 
     async def load(self, name: str) -> ModelRuntime:
         """Start a model as a request would (same queue, same rules), without sending it anything.
