@@ -291,7 +291,11 @@ class Scheduler:
     def _learn_soon(self, runtime: ModelRuntime, started: float) -> None:
         """Read what the start taught in the background (the journal may lag); decide again after."""
         async def learn() -> None:
-            await self.learning.learn(runtime.model, started, runtime.memory)
+            try:
+                await self.learning.learn(runtime.model, started, runtime.memory)
+            except Exception:  # costs the figure (the model runs alone), never the switch
+                log.exception("%s: memory not learned", runtime.name)
+                return
             self._schedule()
 
         task = asyncio.get_running_loop().create_task(learn(), name=f"llm-switch learn {runtime.name}")
