@@ -26,6 +26,7 @@ StartLog = Callable[[str, float], Awaitable[list[str]]]  # (unit, unix time of t
 # is in the journal, so is the breakdown (journald may take a moment to get there)
 _LISTENING = re.compile(r"listening on http|server is listening|all slots are idle")
 _LOG_WAITS = (0.0, 0.1, 0.2, 0.4, 0.8, 1.5)  # s between reads of a start's log: journald lags
+_NO_JOURNAL = 2  # reads that found no line at all: the unit does not log to the journal
 
 
 @dataclass(frozen=True)
@@ -131,9 +132,9 @@ class Learning:
     async def _start_log(self, unit: str, started: float) -> list[str]:
         """The unit's lines since its start, read again while journald has not caught up."""
         lines: list[str] = []
-        for wait in _LOG_WAITS:
+        for i, wait in enumerate(_LOG_WAITS):
             await asyncio.sleep(wait)
             lines = await self._read_log(unit, started)
-            if any(_LISTENING.search(line) for line in lines):
-                break
+            if any(_LISTENING.search(line) for line in lines) or (not lines and i >= _NO_JOURNAL):
+                break  # there, or the unit logs elsewhere (a file): no journalctl every start for nothing
         return lines
