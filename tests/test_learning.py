@@ -32,11 +32,11 @@ def config(**top) -> Config:
     return Config("127.0.0.1", 3002, models, names={"a": "a"}, **top)
 
 
-def learning(cfg: Config, lines: list[str], store: LearnedStore | None = None) -> Learning:
+def learning(cfg: Config, lines: list[str], store: LearnedStore | None = None, nvml: dict | None = None) -> Learning:
     async def start_log(unit: str, since: float) -> list[str]:
         return lines
 
-    return Learning(cfg, start_log, store)
+    return Learning(cfg, start_log, store, (nvml or {}).get)
 
 
 @pytest.mark.parametrize("top,lines,measured,device,counted,source", [
@@ -65,11 +65,14 @@ async def test_what_the_budget_counts_after_a_start(top, lines, measured, device
     ({"memory_budget": 15 * GIB, "memory_budget_auto": True, "memory_budget_from": "MemTotal in /proc/meminfo",
       "memory_reserve": 512 * MIB}, GPU, 12282 * MIB - 512 * MIB, "CUDA0 total in llama-server's memory breakdown"),
     ({"memory_budget": None, "memory_budget_auto": True, "memory_device": "Vulkan0", "memory_reserve": 0}, GPU,
-     None, None),  # the named device never appeared: no budget yet, every model runs alone
+     None, "no total known for Vulkan0 yet"),  # the named device never appeared: every model runs alone
+    # a GPU named in the config: NVML's total before any breakdown
+    ({"memory_budget": None, "memory_budget_auto": True, "memory_device": "CUDA0", "memory_reserve": GIB}, [],
+     79 * GIB, "CUDA0 total from NVML, less memory_reserve"),
 ])
 async def test_where_the_budget_comes_from(top, lines, budget, source):
     cfg = config(**top)
-    ln = learning(cfg, lines)
+    ln = learning(cfg, lines, nvml={"CUDA0": 80 * GIB})
     await ln.learn(cfg.models["a"], 0.0, None)
     got, got_from = ln.budget()
     assert got == budget

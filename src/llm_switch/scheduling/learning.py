@@ -41,9 +41,10 @@ class Learning:
     """The learned figures of every model, the budget's device and an auto budget's total.
     `store` None: nothing is kept across restarts (the simulation)."""
 
-    def __init__(self, config: Config, read_log: StartLog, store: LearnedStore | None) -> None:
+    def __init__(self, config: Config, read_log: StartLog, store: LearnedStore | None,
+                 gpu_total: Callable[[str], int | None] = lambda device: None) -> None:
         self.config = config
-        self._read_log, self._store = read_log, store
+        self._read_log, self._store, self._gpu_total = read_log, store, gpu_total
         self._figures: dict[str, Figure] = {}
         self._gpu: str | None = None  # the first GPU a breakdown named
         self._totals: dict[str, int] = {}  # each device's total, from the breakdowns
@@ -59,10 +60,10 @@ class Learning:
         if not config.memory_budget_auto or (self.device == "Host" and config.memory_budget is not None):
             return config.memory_budget, config.memory_budget_from
         total = self._totals.get(self.device)
-        if total is None:
-            return config.memory_budget if self.device == "Host" else None, config.memory_budget_from
-        row = DeviceMemory(self.device, total, None, None, 0, 0, 0, None)
-        return auto_budget(self.device, config.memory_reserve, breakdown={self.device: row})
+        if total is None and self.device == "Host":
+            return config.memory_budget, config.memory_budget_from
+        rows = {self.device: DeviceMemory(self.device, total, None, None, 0, 0, 0, None)} if total else {}
+        return auto_budget(self.device, config.memory_reserve, breakdown=rows, nvml_total=self._gpu_total(self.device))
 
     def learned(self, name: str) -> int | None:
         """The learned bytes of `name` on the budget's device."""

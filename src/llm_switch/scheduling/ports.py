@@ -37,15 +37,20 @@ class Health(Protocol):
 
 
 class Vram(Protocol):
-    """GPU memory of a process (scheduling/memory.py `Gpu`); `note` says why there is none."""
+    """GPU memory of a process and a device's total (scheduling/memory.py `Gpu`); `note` says
+    why there is none."""
 
     note: str | None
 
     def vram_of(self, pid: int | None) -> int | None: ...
+    def total_of(self, device: str) -> int | None: ...
 
 
 class NoVram:
     note: str | None = None
+
+    def total_of(self, device: str) -> int | None:
+        return None
 
     def vram_of(self, pid: int | None) -> int | None:
         return None

@@ -56,7 +56,7 @@ class Scheduler:
         self.systemd, self.backends, self.events = parts.units, parts.backends, parts.events
         self._clock = parts.clock
         self._hooks, self._cache, self._decide = hooks, cache, decide
-        self.learning = Learning(config, parts.start_log, store)
+        self.learning = Learning(config, parts.start_log, store, parts.gpu.total_of)
         self._learning_tasks: set[asyncio.Task] = set()
         self.models: dict[str, ModelRuntime] = {name: self._runtime(m) for name, m in config.models.items()}
         self.backends.use_keys(_backend_keys(config))
