@@ -57,11 +57,9 @@ class Learning:
     def budget(self) -> tuple[int | None, str | None]:
         """(the budget in bytes, where it came from)."""
         config = self.config
-        if not config.memory_budget_auto or (self.device == "Host" and config.memory_budget is not None):
-            return config.memory_budget, config.memory_budget_from
+        if not config.memory_budget_auto or self.device == "Host":
+            return config.memory_budget, config.memory_budget_from  # Host's MemTotal was read with the config
         total = self._totals.get(self.device)
-        if total is None and self.device == "Host":
-            return config.memory_budget, config.memory_budget_from
         rows = {self.device: DeviceMemory(self.device, total, None, None, 0, 0, 0, None)} if total else {}
         return auto_budget(self.device, config.memory_reserve, breakdown=rows, nvml_total=self._gpu_total(self.device))
 
