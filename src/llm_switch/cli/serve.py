@@ -38,6 +38,7 @@ from ..http.keys import INFLIGHT, SCHEDULER
 from ..http.reload import RELOADER, Outcome, Reloader
 from ..observe.notify import keep_status, notify
 from ..observe.status import status_line
+from ..learned.store import LearnedStore
 from ..scheduling.memory import Gpu
 from ..scheduling.ports import Parts
 from ..scheduling.prompt_cache import PromptCache
@@ -76,7 +77,7 @@ class Server:
         systemd, backends = Systemd(), Backends()
         cache = PromptCache(lambda: scheduler.config.prompt_cache, backends)  # a reload may change it
         scheduler = Scheduler(self.config, Parts(systemd, backends, self.events, Gpu()),
-                              hooks=cache.attach, cache=cache.snapshot)
+                              hooks=cache.attach, cache=cache.snapshot, store=LearnedStore())
         unsubscribe = keep_status(self.events, lambda: status_line(scheduler.snapshot()))
         try:
             await systemd.connect()

@@ -42,7 +42,8 @@ def render(status: dict, url: str, now: float) -> str:
     up = [m for m in models if m.get("state") in UP]
     lines.append("running: " + (", ".join(f"{m['model']} ({m['state']})" for m in up) or "none"))
     if status.get("memory_budget"):
-        lines.append(f"memory budget: {format_size(status['memory_budget'])}")
+        source = f" ({status['memory_budget_from']})" if status.get("memory_budget_from") else ""
+        lines.append(f"memory budget: {format_size(status['memory_budget'])}{source}")
     if status.get("vram_note"):
         lines.append(status["vram_note"])
     lines.append("models:")
@@ -71,10 +72,14 @@ def _memory_text(memory: dict) -> str:
     """`memory 6.8G declared, 6.2G RAM measured`; empty when nothing is known."""
     declared, ram, vram = memory.get("declared"), memory.get("measured_ram"), memory.get("measured_vram")
     parts = [f"memory {format_size(declared)} declared" if declared else "memory not declared"]
-    parts += [f"{format_size(n)} {what}" for n, what in ((ram, "RAM"), (vram, "VRAM")) if n]
+    if memory.get("learned"):
+        parts.append(f"{format_size(memory['learned'])} learned on {memory.get('device') or 'Host'}")
+    measured = [f"{format_size(n)} {what}" for n, what in ((ram, "RAM"), (vram, "VRAM")) if n]
+    if measured:
+        parts.append(", ".join(measured) + " measured")
     if len(parts) == 1:
         return parts[0] if declared else ""
-    return ", ".join(parts) + " measured"
+    return ", ".join(parts)
 
 
 def _switch_text(s: dict) -> str:

@@ -144,8 +144,9 @@ def model_families(models: list[ModelSnapshot]) -> list[Metric]:
     state = GaugeMetricFamily("llm_switch_model_state", "1 for the state each model is in", labels=["model", "state"])
     in_flight = GaugeMetricFamily("llm_switch_requests_in_flight", "Requests being served", labels=["model"])
     queued = GaugeMetricFamily("llm_switch_requests_queued", "Requests waiting for their model", labels=["model"])
-    memory = GaugeMetricFamily("llm_switch_model_memory_bytes", "Memory declared in the config and measured "
-                               "after the last start (RAM: the unit's; VRAM: its process's)", labels=["model", "kind"])
+    memory = GaugeMetricFamily("llm_switch_model_memory_bytes", "Memory declared in the config, measured after "
+                               "the last start (RAM: the unit's; VRAM: its process's), learned from llama-server's "
+                               "report on the budget's device, and counted by the budget", labels=["model", "kind"])
     load_s = GaugeMetricFamily("llm_switch_model_last_load_seconds", "The model's last load, start to ready",
                                labels=["model"])
     for m in models:
@@ -155,7 +156,8 @@ def model_families(models: list[ModelSnapshot]) -> list[Metric]:
         queued.add_metric([m.name], m.waiting)
         measured = m.measured
         for kind, value in (("declared", m.declared), ("ram", measured.ram if measured else None),
-                            ("vram", measured.vram if measured else None)):
+                            ("vram", measured.vram if measured else None), ("learned", m.learned),
+                            ("counted", m.counted)):
             if value is not None:
                 memory.add_metric([m.name, kind], value)
         if m.load_s is not None:

@@ -13,6 +13,7 @@ def snapshot(snap: Snapshot) -> dict:
         "config": snap.config_path,
         "listen": snap.listen,
         "memory_budget": snap.memory_budget,
+        "memory_budget_from": snap.memory_budget_from,
         "vram_note": snap.vram_note,
         "models": [m.as_json() for m in snap.models.values()],
         "switches": [s.as_json() for s in snap.switches],

@@ -42,6 +42,18 @@ class Gpu:
             return
         self._nvml = pynvml
 
+    def total_of(self, device: str) -> int | None:
+        """The total bytes of a CUDA device of llama-server's breakdown (`CUDA0`), or None.
+        (NVML counts in PCI order; CUDA does too with CUDA_DEVICE_ORDER=PCI_BUS_ID.)"""
+        if self._nvml is None or not device.startswith("CUDA") or not device[4:].isdigit():
+            return None
+        nv = self._nvml
+        try:
+            return int(nv.nvmlDeviceGetMemoryInfo(nv.nvmlDeviceGetHandleByIndex(int(device[4:]))).total)
+        except nv.NVMLError as e:
+            log.debug("NVML: %s", e)
+            return None
+
     def vram_of(self, pid: int | None) -> int | None:
         """Bytes of GPU memory the process `pid` uses on all GPUs, or None when unknown."""
         if self._nvml is None or not pid:

@@ -49,7 +49,7 @@ class ModelView:
 
     name: str
     url: str
-    memory: int | None          # declared bytes; None runs alone
+    memory: int | None          # bytes the budget counts: declared, else learned (learning.py); None runs alone
     state: State
     in_flight: int = 0
     waiting: int = 0            # requests queued for it

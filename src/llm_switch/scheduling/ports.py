@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..events import EventBus
-from ..units.journal import journal_tail
+from ..units.journal import journal_since, journal_tail
 from ..units.systemd import ActiveState
 
 
@@ -37,15 +37,20 @@ class Health(Protocol):
 
 
 class Vram(Protocol):
-    """GPU memory of a process (scheduling/memory.py `Gpu`); `note` says why there is none."""
+    """GPU memory of a process and a device's total (scheduling/memory.py `Gpu`); `note` says
+    why there is none."""
 
     note: str | None
 
     def vram_of(self, pid: int | None) -> int | None: ...
+    def total_of(self, device: str) -> int | None: ...
 
 
 class NoVram:
     note: str | None = None
+
+    def total_of(self, device: str) -> int | None:
+        return None
 
     def vram_of(self, pid: int | None) -> int | None:
         return None
@@ -62,3 +67,4 @@ class Parts:
     gpu: Vram = NoVram()
     clock: Callable[[], float] = time.monotonic
     journal: Callable[[str], Awaitable[list[str]]] = journal_tail
+    start_log: Callable[[str, float], Awaitable[list[str]]] = journal_since  # a unit's lines since a unix time

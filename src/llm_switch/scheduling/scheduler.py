@@ -21,12 +21,15 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 from ..config import Config, Model, format_size
 from ..errors import QueueFull, QueueTimeout, StartFailed, SwitchError, UnknownModel
 from ..events import SwitchDone
+from ..learned.store import LearnedStore
 from ..units.systemd import ActiveState
 from . import any_of, policy, waiting
+from .learning import Learning
 from .model import ModelRuntime
 from .policy import State
 from .ports import Parts
@@ -42,15 +45,19 @@ Decide = Callable[..., policy.Plan]  # policy.decide's signature
 class Scheduler:
     """`parts` are the units, backends, events and clock every model works with; `hooks(runtime)`
     attaches a new model's after_ready/before_stop hooks (the prompt cache's); `cache(name)` is
-    its prompt cache's snapshot; `decide` is policy.decide (a test may break it on purpose)."""
+    its prompt cache's snapshot; `decide` is policy.decide (a test may break it on purpose);
+    `store` keeps learned memory across restarts (learning.py)."""
 
     def __init__(self, config: Config, parts: Parts, *, hooks: Callable[[ModelRuntime], None] | None = None,
-                 cache: Callable[[str, bool], CacheSnapshot] | None = None, decide: Decide = policy.decide) -> None:
+                 cache: Callable[[str, bool], CacheSnapshot] | None = None, decide: Decide = policy.decide,
+                 store: LearnedStore | None = None) -> None:
         self.config = config
         self.parts = parts
         self.systemd, self.backends, self.events = parts.units, parts.backends, parts.events
         self._clock = parts.clock
         self._hooks, self._cache, self._decide = hooks, cache, decide
+        self.learning = Learning(config, parts.start_log, store, parts.gpu.total_of)
+        self._learning_tasks: set[asyncio.Task] = set()
         self.models: dict[str, ModelRuntime] = {name: self._runtime(m) for name, m in config.models.items()}
         self.backends.use_keys(_backend_keys(config))
         self.switches: deque[SwitchDone] = deque(maxlen=20)
@@ -67,6 +74,7 @@ class Scheduler:
         self.systemd.on_reconnect(self._resync_soon)
 
     def _runtime(self, model: Model) -> ModelRuntime:
+        self.learning.recall(model)
         runtime = ModelRuntime(model, self.parts, self._sharing)
         if self._hooks is not None:
             self._hooks(runtime)
@@ -137,15 +145,20 @@ class Scheduler:
         group = self.config.group(name) if isinstance(name, str) else None
         if group is None:
             return name
-        return any_of.choose(group.members, {n: r.view() for n, r in self.models.items()}, self.config.memory_budget)
+        return any_of.choose(group.members, {n: self._view(r) for n, r in self.models.items()},
+                             self.config.memory_budget)
 
     def snapshot(self) -> Snapshot:
         """Every model as of now, for http and observe (scheduling/snapshot.py)."""
         now, config, positions, cache = self._clock(), self.config, self._queue.positions(), self._cache
-        models = {name: r.snapshot(positions.get(name), cache(name, r.model.prompt_cache) if cache else None, now)
+        learning = self.learning
+        models = {name: replace(r.snapshot(positions.get(name), cache(name, r.model.prompt_cache) if cache else None,
+                                           now), learned=learning.learned(name), device=learning.device,
+                                counted=learning.counted(r.model), learned_from=learning.source(name))
                   for name, r in self.models.items()}
-        return Snapshot.of(models, at=now, config_path=config.path, listen=config.listen,
-                           memory_budget=config.memory_budget, vram_note=self.parts.gpu.note,
+        budget, budget_from = learning.budget()
+        return Snapshot.of(models, at=now, config_path=config.path, listen=config.listen, memory_budget=budget,
+                           memory_budget_from=budget_from, vram_note=self.parts.gpu.note,
                            switches=tuple(self.switches), queued=len(self._queue))
 
     async def waiting_for(self, name: str, label: str, waited: float) -> tuple[str, float]:
@@ -164,8 +177,8 @@ class Scheduler:
         if self._closed:
             return
         now = self._clock()
-        plan = self._decide({n: r.view() for n, r in self.models.items()}, self._queue.heads(),
-                            self.config.memory_budget, now)
+        plan = self._decide({n: self._view(r) for n, r in self.models.items()}, self._queue.heads(),
+                            self.learning.budget()[0], now)
         self._hold = plan.hold
         for name in sorted(plan.admit):  # sorted: the same order in every run (a seed replays)
             self._admit_waiting(name)
@@ -184,6 +197,10 @@ class Scheduler:
         if plan.wake_at is not None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_at(loop.time() + max(0.0, plan.wake_at - now) + 0.001, self._schedule)
+
+    def _view(self, runtime: ModelRuntime) -> policy.ModelView:
+        """The policy's view, with the memory the budget counts (a declared or a learned figure)."""
+        return replace(runtime.view(), memory=self.learning.counted(runtime.model))
 
     def _abandon(self, names: tuple[str, ...], waiting: str | None) -> None:
         """Cancel a start nobody waits for any more; its unit is stopped once the start ended."""
@@ -246,12 +263,15 @@ class Scheduler:
             raise StartFailed(f"{name}: could not stop {', '.join(previous)} first: {e.message}") from None
         previous = tuple(r.name for r in stopping)
         stopped_s = self._clock() - t0
+        self.learning.recall(target.model)  # the file or the arguments may have changed since
+        started = time.time()
         try:
             ready_s = await target.start()
         except SwitchError:
             self._record(previous, name, stopped_s, self._clock() - t0 - stopped_s, ok=False)
             raise
         await self._measure(target)
+        self._learn_soon(target, started)
         self._warn_beside_pins(target)
         self._record(previous, name, stopped_s, ready_s, ok=True)
         beside = [r.name for r in self.models.values() if r.state is State.READY and r is not target]
@@ -306,10 +326,25 @@ class Scheduler:
         strays = [r for r in others if not r.state.up and (s := states.get(r.model.unit)) is not None and s.running]
         if not strays:
             return []
-        kept = [r.view() for r in others if r.state.up]
-        as_running = [policy.ModelView(r.name, r.model.url, r.model.memory, State.READY) for r in strays]
-        evict = {m.name for m in policy.evict_for(target.view(), kept + as_running, self.config.memory_budget)}
+        kept = [self._view(r) for r in others if r.state.up]
+        as_running = [policy.ModelView(r.name, r.model.url, self.learning.counted(r.model), State.READY)
+                      for r in strays]
+        evict = {m.name for m in policy.evict_for(self._view(target), kept + as_running, self.learning.budget()[0])}
         return [r for r in strays if r.name in evict]
+
+    def _learn_soon(self, runtime: ModelRuntime, started: float) -> None:
+        """Read what the start taught in the background (the journal may lag); decide again after."""
+        async def learn() -> None:
+            try:
+                await self.learning.learn(runtime.model, started, runtime.memory)
+            except Exception:  # costs the figure (the model runs alone), never the switch
+                log.exception("%s: memory not learned", runtime.name)
+                return
+            self._schedule()
+
+        task = asyncio.get_running_loop().create_task(learn(), name=f"llm-switch learn {runtime.name}")
+        self._learning_tasks.add(task)
+        task.add_done_callback(self._learning_tasks.discard)
 
     async def _measure(self, runtime: ModelRuntime) -> None:
         try:
@@ -360,6 +395,8 @@ class Scheduler:
                 self._runner.begin(r.name, r.start)
                 with contextlib.suppress(SwitchError):
                     await asyncio.shield(self._runner.current)
+            if r.state is State.READY and self.learning.learned(r.name) is None:
+                self._learn_soon(r, 0.0)  # not kept from an earlier run: its journal's last breakdown tells
 
     async def load(self, name: str) -> ModelRuntime:
         """Start a model as a request would (same queue, same rules), without sending it anything.
@@ -397,9 +434,12 @@ class Scheduler:
             running = await self._stop_running(gone)
             for r in gone:
                 self._fail_waiting(r.name, UnknownModel.named(r.name, new.known()))
+                self.learning.forget(r.name)
                 del self.models[r.name]
+            self.learning.config = new
             for name, model in new.models.items():
                 if name in self.models:
+                    self.learning.recall(model)  # the file or the arguments may have changed
                     self.models[name].model = model
                     self.models[name].clear_backoff()  # the unit may have been fixed
                 else:
@@ -455,6 +495,8 @@ class Scheduler:
             self._timer.cancel()
         if self._resync_task is not None:
             self._resync_task.cancel()
+        for task in self._learning_tasks:
+            task.cancel()
         for ticket in self._queue:
             ticket.admitted.cancel()
         await self._runner.close()

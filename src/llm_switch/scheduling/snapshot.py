@@ -86,6 +86,10 @@ class ModelSnapshot:
     prompt_cache: CacheSnapshot | None = None
     pin: bool = False           # never evicted nor unloaded for idleness; an explicit unload stops it
     priority: int = 0
+    learned: int | None = None       # bytes llama-server reported on `device` (scheduling/learning.py)
+    device: str | None = None        # the budget's device
+    counted: int | None = None       # what the budget counts: declared, else learned; None runs alone
+    learned_from: str | None = None  # where the learned figure came from
 
     @property
     def up(self) -> bool:
@@ -101,7 +105,8 @@ class ModelSnapshot:
             "failures": self.failures, "pin": self.pin, "priority": self.priority,
             "retry_in_s": round(self.retry_in_s, 1) if self.retry_in_s is not None else None,
             "memory": {"declared": self.declared, "measured_ram": m.ram if m else None,
-                       "measured_vram": m.vram if m else None},
+                       "measured_vram": m.vram if m else None, "learned": self.learned, "device": self.device,
+                       "counted": self.counted, "learned_from": self.learned_from},
         }
         if with_cache and self.prompt_cache is not None:
             out["prompt_cache"] = self.prompt_cache.as_json()
@@ -120,6 +125,7 @@ class Snapshot:
     models: Mapping[str, ModelSnapshot]
     switches: tuple[SwitchDone, ...]
     queued: int                 # requests waiting, all models
+    memory_budget_from: str | None = None  # "config", or how an auto budget was taken
 
     @staticmethod
     def of(models: dict[str, ModelSnapshot], **rest) -> Snapshot:
@@ -131,5 +137,5 @@ class Snapshot:
         return [m for m in self.models.values() if m.up]
 
     def used(self) -> int:
-        """Declared bytes of the models that are up."""
-        return sum(m.declared or 0 for m in self.up)
+        """Counted bytes (declared, else learned) of the models that are up."""
+        return sum(m.counted if m.counted is not None else m.declared or 0 for m in self.up)

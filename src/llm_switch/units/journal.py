@@ -38,6 +38,11 @@ async def journal_tail(unit: str, lines: int = 10, timeout: float = 2.0, *, outp
     return [line for line in out.decode(errors="replace").splitlines() if line.strip()][-lines:]
 
 
+async def journal_since(unit: str, since: float) -> list[str]:
+    """The unit's lines since the unix time `since` (a start at log verbosity 4 writes about 170)."""
+    return await journal_tail(unit, 2000, 5.0, since=since)
+
+
 async def journal_follow(unit: str, lines: int = 50, output: str = "short-iso") -> AsyncIterator[str]:
     """The unit's last `lines` lines, then each new one as it is written (`journalctl -f`); the
     journalctl process ends when the caller stops iterating."""
