@@ -36,9 +36,10 @@ from ..events import EventBus
 from ..http.app import build_app
 from ..http.keys import INFLIGHT, SCHEDULER
 from ..http.reload import RELOADER, Outcome, Reloader
+from ..learned.store import LearnedStore
+from ..observe.logging import Throttle
 from ..observe.notify import keep_status, notify
 from ..observe.status import status_line
-from ..learned.store import LearnedStore
 from ..scheduling.memory import Gpu
 from ..scheduling.ports import Parts
 from ..scheduling.prompt_cache import PromptCache
@@ -199,7 +200,7 @@ class ConnectionLimit:
     def __init__(self, server: web.Server, limit: int) -> None:
         self.server, self.limit = server, limit
         self.open = 0
-        self._logged, self._refused = -_REFUSED_LOG_EVERY, 0
+        self._refused = Throttle(_REFUSED_LOG_EVERY)
 
     def __call__(self) -> asyncio.Protocol:
         return _Gate(self)
@@ -207,13 +208,8 @@ class ConnectionLimit:
     def refuse(self, transport: asyncio.Transport) -> None:
         transport.write(_BUSY)
         transport.close()
-        now = time.monotonic()
-        if now - self._logged < _REFUSED_LOG_EVERY:
-            self._refused += 1
-            return
-        more = f" ({self._refused} more since the last such line)" if self._refused else ""
-        self._logged, self._refused = now, 0
-        log.warning("refused a connection: %d are open (max_connections)%s", self.limit, more)
+        if (more := self._refused.next_line()) is not None:
+            log.warning("refused a connection: %d are open (max_connections)%s", self.limit, more)
 
 
 _BUSY_BODY = json.dumps({"error": {"message": "llm-switch has max_connections client connections open; try again",

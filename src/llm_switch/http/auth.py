@@ -18,13 +18,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import time
 
 from aiohttp import web
 
 from ..config import Config, Model
 from ..config.types import ApiKey
 from ..errors import Forbidden, Unauthorized, UnknownModel
+from ..observe.logging import Throttle
 from .keys import CONFIG, SCHEDULER
 
 log = logging.getLogger(__name__)
@@ -111,15 +111,9 @@ def _is_open(request: web.Request, config: Config) -> bool:
     return request.path in OPEN or (config.metrics_public and request.path == "/metrics")
 
 
-_refused = {"last": -_REFUSED_LOG_EVERY, "more": 0}
+_refused = Throttle(_REFUSED_LOG_EVERY)  # a scan must not flood the journal
 
 
 def _log_refused(request: web.Request, what: str) -> None:
-    """One info line per _REFUSED_LOG_EVERY seconds at most: a scan must not flood the journal."""
-    now = time.monotonic()
-    if now - _refused["last"] < _REFUSED_LOG_EVERY:
-        _refused["more"] += 1
-        return
-    more = f" ({_refused['more']} more since the last such line)" if _refused["more"] else ""
-    _refused["last"], _refused["more"] = now, 0
-    log.info("refused %s %s from %s: %s%s", request.method, request.path, request.remote, what, more)
+    if (more := _refused.next_line()) is not None:
+        log.info("refused %s %s from %s: %s%s", request.method, request.path, request.remote, what, more)

@@ -4,7 +4,6 @@ of cross-site requests, CORS for listed origins. The rules: docs/design.md, "Bro
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
@@ -14,6 +13,7 @@ from ..config import Config
 from ..config.keys import is_loopback
 from ..config.web import host_name
 from ..errors import Forbidden
+from ..observe.logging import Throttle
 from .auth import current_config
 
 log = logging.getLogger(__name__)
@@ -100,15 +100,9 @@ async def cors_headers(request: web.Request, response: web.StreamResponse) -> No
         response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
 
 
-_refused = {"last": -_LOG_EVERY, "more": 0}
+_refused = Throttle(_LOG_EVERY)  # a page that keeps trying must not flood the journal
 
 
 def _log_refused(request: web.Request, why: str) -> None:
-    """One info line per _LOG_EVERY seconds at most: a page that keeps trying must not flood the journal."""
-    now = time.monotonic()
-    if now - _refused["last"] < _LOG_EVERY:
-        _refused["more"] += 1
-        return
-    more = f" ({_refused['more']} more since the last such line)" if _refused["more"] else ""
-    _refused["last"], _refused["more"] = now, 0
-    log.info("refused %s %s from %s: %s%s", request.method, request.path, request.remote, why, more)
+    if (more := _refused.next_line()) is not None:
+        log.info("refused %s %s from %s: %s%s", request.method, request.path, request.remote, why, more)

@@ -21,6 +21,25 @@ _PRIORITY = {
 }
 
 
+class Throttle:
+    """At most one log line of a kind per `every` seconds, so that a scan or a page that keeps
+    trying cannot flood the journal; the lines held back are counted into the next one."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self._last, self._held = -every, 0
+
+    def next_line(self) -> str | None:
+        """None while the line is held back; else what to append to it (the count held back)."""
+        now = time.monotonic()
+        if now - self._last < self.every:
+            self._held += 1
+            return None
+        more = f" ({self._held} more since the last such line)" if self._held else ""
+        self._last, self._held = now, 0
+        return more
+
+
 class JournalFormatter(logging.Formatter):
     """`<N>message`: journald stamps time itself and filters on the priority."""
 
@@ -66,9 +85,7 @@ class QuietMalformedRequests(logging.Filter):
 
     def __init__(self, every: float = 10.0) -> None:
         super().__init__()
-        self.every = every
-        self._last = -every
-        self._suppressed = 0
+        self._throttle = Throttle(every)
 
     def filter(self, record: logging.LogRecord) -> bool:
         from aiohttp.http_exceptions import HttpProcessingError
@@ -76,12 +93,8 @@ class QuietMalformedRequests(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if not isinstance(exc, HttpProcessingError):
             return True
-        now = time.monotonic()
-        if now - self._last < self.every:
-            self._suppressed += 1
+        if (more := self._throttle.next_line()) is None:
             return False
-        more = f" ({self._suppressed} more since the last such line)" if self._suppressed else ""
-        self._last, self._suppressed = now, 0
         remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
         record.levelno, record.levelname = logging.INFO, "INFO"
         record.msg, record.args, record.exc_info, record.exc_text = (
