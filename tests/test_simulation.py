@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
-from simulation import Behaviour, Fault, Request, VirtualLoop, Workload, World, run_seed
+from simulation import Behaviour, Fault, GiB, Request, VirtualLoop, Workload, World, run_seed
 
 from llm_switch.config import Config, Model, PromptCacheSettings
 from llm_switch.scheduling import policy
@@ -165,3 +166,18 @@ def test_a_pinned_model_stays_while_the_others_swap():
     assert not world.violations, _report(world)
     stops = [args[0] for _, text, args in world.trace if text == "stop %s"]
     assert "embed.service" not in stops and stops, stops
+
+
+def test_a_memory_auto_model_too_large_beside_the_pinned_ones_is_warned_once(caplog):
+    """Issue 20: the config cannot know an auto size; the first start that learns it warns."""
+    load = _workload([_model("embed", 3004, memory=1 * GiB, pin=True),
+                      _model("big", 3005, memory_auto=True)],
+                     [Request(0.0, "big", 1.0, None), Request(10.0, "big", 1.0, None)])
+    load = dataclasses.replace(load, config=dataclasses.replace(load.config, memory_budget=7 * GiB),
+                               learned={"big": 7 * GiB})
+    caplog.set_level(logging.WARNING, logger="llm_switch")
+    world = World(0, load=load).run()
+    assert not world.violations, _report(world)
+    warned = [r.getMessage() for r in caplog.records if "cannot run beside the pinned" in r.getMessage()]
+    assert warned == ["models.big: 7G learned + pinned embed 1G exceed memory_budget 7G; it cannot run beside "
+                      "the pinned models"]

@@ -146,7 +146,7 @@ class Scheduler:
         if group is None:
             return name
         return any_of.choose(group.members, {n: self._view(r) for n, r in self.models.items()},
-                             self.config.memory_budget)
+                             self.learning.budget()[0])
 
     def snapshot(self) -> Snapshot:
         """Every model as of now, for http and observe (scheduling/snapshot.py)."""
@@ -272,7 +272,6 @@ class Scheduler:
             raise
         await self._measure(target)
         self._learn_soon(target, started)
-        self._warn_beside_pins(target)
         self._record(previous, name, stopped_s, ready_s, ok=True)
         beside = [r.name for r in self.models.values() if r.state is State.READY and r is not target]
         if previous:
@@ -288,19 +287,19 @@ class Scheduler:
                         name, target.memory_text(), name)
 
     def _warn_beside_pins(self, target: ModelRuntime) -> None:
-        """A `memory: auto` model measured too large to run beside the pinned ones: warned once
-        (config/groups.py refuses declared sizes that do not fit at load)."""
-        budget, m = self.config.memory_budget, target.memory
-        measured = (m.vram or m.ram) if m is not None else None
+        """A `memory: auto` model that learned a size too large to run beside the pinned ones:
+        warned once (config/groups.py refuses declared sizes that do not fit at load)."""
+        budget, learned = self.learning.budget()[0], self.learning.learned(target.name)
         pinned = [r.model for r in self.models.values() if r.model.pin and r is not target]
-        if (not target.model.memory_auto or budget is None or measured is None or not pinned
+        if (not target.model.memory_auto or budget is None or learned is None or not pinned
                 or target.name in self._warned_pins):
             return
-        if measured + sum(p.memory or 0 for p in pinned) > budget:
+        sizes = {p.name: self.learning.counted(p) or 0 for p in pinned}
+        if learned + sum(sizes.values()) > budget:
             self._warned_pins.add(target.name)
-            log.warning("models.%s: %s measured + %s exceed memory_budget %s; it cannot run beside the pinned "
-                        "models", target.name, format_size(measured),
-                        " + ".join(f"pinned {p.name} {format_size(p.memory)}" for p in pinned), format_size(budget))
+            log.warning("models.%s: %s learned + %s exceed memory_budget %s; it cannot run beside the pinned "
+                        "models", target.name, format_size(learned),
+                        " + ".join(f"pinned {n} {format_size(b)}" for n, b in sizes.items()), format_size(budget))
 
     async def _make_room(self, target: ModelRuntime, stop: tuple[str, ...], stopping: list[ModelRuntime]) -> None:
         """Drain and stop the planned models (`stop`), then the strays in the way, each added to
@@ -340,6 +339,7 @@ class Scheduler:
             except Exception:  # costs the figure (the model runs alone), never the switch
                 log.exception("%s: memory not learned", runtime.name)
                 return
+            self._warn_beside_pins(runtime)
             self._schedule()
 
         task = asyncio.get_running_loop().create_task(learn(), name=f"llm-switch learn {runtime.name}")
