@@ -113,3 +113,17 @@ async def test_any_of_is_served_by_the_loaded_coder_with_no_start(deploy, tiny_m
     assert other.runs() == []  # never started
     assert len(coder.runs()) == 1
     assert user_manager.active_units(f"*-{deploy.tag}@*") == [coder.unit]
+
+
+async def test_a_model_pinned_by_a_reload_starts_at_once(deploy, user_manager):
+    embed = deploy.scripted_unit("embed", {})
+    models = {"embed": {"unit": embed.unit, "url": embed.url, "memory": "100M"}}
+    daemon = deploy.up(models, memory_budget="600M")
+    assert states(daemon)["embed"] == "stopped"
+    models["embed"]["pin"] = True
+    deploy.write_config(models, memory_budget="600M", listen=daemon.url.removeprefix("http://"))
+    async with aiohttp.ClientSession() as http:
+        status, body, _ = await post_json(http, daemon.url + "/reload", {})
+    assert status == 200, body
+    wait_for(lambda: states(daemon)["embed"] == "ready", 60, what="the newly pinned model to start")
+    assert user_manager.active_units(f"*-{deploy.tag}@*") == [embed.unit]

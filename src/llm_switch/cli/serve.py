@@ -147,12 +147,14 @@ class Server:
             with contextlib.suppress(BaseException):
                 await task
 
-    async def _preload(self, scheduler: Scheduler) -> None:
-        """The pinned models, then those of `preload`: started once the switch listens."""
-        for name in dict.fromkeys(self.config.pinned + self.config.preload):
+    async def _preload(self, scheduler: Scheduler, names: tuple[str, ...] | None = None) -> None:
+        """The pinned models, then those of `preload`, started once the switch listens (`names`:
+        those a reload pinned)."""
+        config = scheduler.config
+        for name in dict.fromkeys(names if names is not None else config.pinned + config.preload):
             try:
                 await scheduler.load(name)
-                log.info("%s: %s", name, "pinned: started" if name in self.config.pinned else "preloaded")
+                log.info("%s: %s", name, "pinned: started" if name in config.pinned else "preloaded")
             except SwitchError as e:
                 log.error("%s: preload failed: %s", name, e.message)
 
@@ -189,6 +191,8 @@ class Server:
         except SwitchError as e:
             log.error("reload refused, the running config stays in force: %s", e.message)
             return Outcome(False, time.time(), str(path) if path else None, e.message)
+        if pinned := tuple(n for n in new.pinned if n not in current.pinned):
+            self._spawn(self._preload(scheduler, pinned), "pin")
         in_force = f"{len(new.models)} models: {', '.join(new.models)}"
         return Outcome(True, time.time(), str(new.path), in_force, notes)
 
