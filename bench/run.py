@@ -59,6 +59,10 @@ SIZES = {
     "large": {"hidden": 1024, "blocks": 8, "ffn": 2816},
 }
 PHASES = ("switch", "relay", "stream", "clients")
+# llama-server backends the relay phase can measure besides the default (the first size's model
+# at harness.llama_args' -t 1): name -> (size, threads). With one thread, llama-server's compute
+# thread and its HTTP threads compete for one core; with two, they do less.
+RELAY_LLAMA = {"tiny-t1": ("tiny", 1), "400m-t1": ("large", 1), "400m-t2": ("large", 2)}
 HEALTH_POLL_S = 0.005
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 PROMPT = {"prompt": "hi", "max_tokens": 1}
@@ -99,6 +103,7 @@ class Plan:
     relay_c1: dict[str, int]                # one client: requests per block, by backend
     relay_busy: dict[str, tuple[int, int]]  # many clients: (concurrency, requests per block), by backend
     relay_reps: int                         # passes over every relay cell
+    relay_real: tuple[int, tuple[int, int]]  # a ~400 MB model: relay_c1 and relay_busy (50-100 ms a request)
     stream_events: int
     stream_reps: int
     clients: int
@@ -111,7 +116,7 @@ class Plan:
         return cls(sizes=("tiny", "large"), passes=6, rounds={"tiny": 8, "large": 5},
                    relay_c1={"scripted": 600, "llama_server": 200},
                    relay_busy={"scripted": (32, 6000), "llama_server": (4, 600)}, relay_reps=3,
-                   stream_events=100000, stream_reps=3, clients=300, client_procs=2,
+                   relay_real=(60, (4, 60)), stream_events=100000, stream_reps=3, clients=300, client_procs=2,
                    paced_events=40, paced_interval=0.05)
 
     @classmethod
@@ -119,7 +124,7 @@ class Plan:
         return cls(sizes=("tiny",), passes=1, rounds={"tiny": 4, "large": 2},
                    relay_c1={"scripted": 60, "llama_server": 20},
                    relay_busy={"scripted": (32, 400), "llama_server": (4, 40)}, relay_reps=1,
-                   stream_events=5000, stream_reps=1, clients=40, client_procs=1,
+                   relay_real=(10, (4, 10)), stream_events=5000, stream_reps=1, clients=40, client_procs=1,
                    paced_events=10, paced_interval=0.02)
 
 
@@ -179,6 +184,8 @@ class Bench:
         self.http: aiohttp.ClientSession | None = None
         self.errors: list[str] = []
         self.prof = Profiler(None, None)
+        self.relay_scripted = True  # --relay-backends: the scripted backend's cells
+        self.relay_llama: dict[str, tuple[Path, int]] = {}  # --relay-backends: name -> (model file, threads)
 
     # names and units
     @staticmethod
@@ -212,6 +219,10 @@ class Bench:
             "paced": {"model": "paced", "routes": {"/v1/chat/completions": {
                 "sse": {"repeat": CHUNK, "count": p.paced_events}, "interval": p.paced_interval}}},
         }
+        for name, (path, threads) in self.relay_llama.items():
+            self.um.write_unit(self.unit(f"relay-{name}"), harness.llama_unit_text(
+                self.server, self.server_env, path, self.llama_port, alias=f"relay-{name}",
+                extra_args=("-t", str(threads)), log_path=logs / f"relay-{name}.log"))  # the last -t counts
         for name, script in scripts.items():
             port = harness.free_port()
             script_path = self.work / f"{name}.json"
@@ -227,6 +238,7 @@ class Bench:
             "max_connections": 1024,  # the many-clients phase holds 300 streams open at once (default 256)
             "models": {
                 **{m: self.unit(m) for m in self.llama_models()},
+                **{f"relay-{n}": self.unit(f"relay-{n}") for n in self.relay_llama},
                 **{name: {"unit": self.unit(name), "url": s["url"]} for name, s in self.scripted.items()},
             },
         }
@@ -416,8 +428,11 @@ class Bench:
         """Per backend: one client (httpx, as the OpenAI SDK; keep-alive and a new connection per
         request; chat and completions), one aiohttp keep-alive client (the figure of earlier runs),
         and several aiohttp clients at once (throughput)."""
-        n1 = self.plan.relay_c1[backend]
-        conc, n = self.plan.relay_busy[backend]
+        kind, _, name = backend.partition(":")
+        if name and RELAY_LLAMA[name][0] == "large":
+            n1, (conc, n) = self.plan.relay_real
+        else:
+            n1, (conc, n) = self.plan.relay_c1[kind], self.plan.relay_busy[kind]
         cells = [RelayCell(backend, path, "httpx", conn, 1, n1)
                  for conn in ("keep-alive", "new") for path in ("chat", "completions")]
         return cells + [RelayCell(backend, "chat", "aiohttp", "keep-alive", 1, n1),
@@ -490,9 +505,14 @@ class Bench:
     async def relay(self) -> dict:
         await self.stop_everything()
         load0 = os.getloadavg()
-        cells = await self.relay_backend("scripted", self.scripted["fast"]["url"], "fast")
-        llama_model = f"{self.plan.sizes[0]}-a"
-        cells += await self.relay_backend("llama_server", self.llama_url, llama_model)
+        cells = await self.relay_backend("scripted", self.scripted["fast"]["url"], "fast") if self.relay_scripted else []
+        if self.relay_llama:
+            llama_model = [f"relay-{name}" for name in self.relay_llama]
+            for name in self.relay_llama:  # each backend in turn: one llama-server port, one model at a time
+                cells += await self.relay_backend(f"llama_server:{name}", self.llama_url, f"relay-{name}")
+        else:
+            llama_model = f"{self.plan.sizes[0]}-a"
+            cells += await self.relay_backend("llama_server", self.llama_url, llama_model)
         return {"passes": self.plan.relay_reps, "llama_model": llama_model, "loadavg_start": load0,
                 "loadavg_end": os.getloadavg(), "cells": cells}
 
@@ -631,6 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny models, few rounds: a smoke check (~15-30 s)")
     ap.add_argument("--out", help="JSON results file (default bench/results/<time>[-quick].json)")
     ap.add_argument("--sizes", help="comma-separated model sizes (tiny, large); default: both (quick: tiny)")
+    ap.add_argument("--relay-backends", metavar="LIST",
+                    help="comma-separated backends of the relay phase: scripted and llama-server ones ("
+                    f"{', '.join(RELAY_LLAMA)}: model size and -t); default: scripted and the first size's model at -t 1")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     ap.add_argument("--daemon-python", metavar="EXE",
                     help="run the daemon as EXE -m llm_switch serve … (a wrapper script, e.g. for tracing)")
@@ -657,6 +680,10 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             ap.error(f"unknown sizes: {', '.join(sorted(unknown))} (choose from {', '.join(SIZES)})")
         plan.sizes = sizes
+    relay_backends = [b.strip() for b in (args.relay_backends or "").split(",") if b.strip()]
+    if set(relay_backends) - {"scripted", *RELAY_LLAMA}:
+        ap.error(f"unknown relay backends: {', '.join(sorted(set(relay_backends) - {'scripted', *RELAY_LLAMA}))} "
+                 f"(choose from scripted, {', '.join(RELAY_LLAMA)})")
     out = Path(args.out) if args.out else (
         BENCH / "results" / (time.strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "") + ".json"))
 
@@ -675,6 +702,10 @@ def main(argv: list[str] | None = None) -> int:
         um = private_systemd(stack, work, args.keep)
         os.environ["DBUS_SESSION_BUS_ADDRESS"] = um.env["DBUS_SESSION_BUS_ADDRESS"]  # the floor's D-Bus client
         bench = Bench(plan, um, work, server, server_env, models)
+        if relay_backends:
+            bench.relay_scripted = "scripted" in relay_backends
+            bench.relay_llama = {n: (ensure_models(RELAY_LLAMA[n][0])["a"], RELAY_LLAMA[n][1])
+                                 for n in relay_backends if n in RELAY_LLAMA}
         if args.profile:
             bench.prof = Profiler(py_spy, Path(args.profile))
         config_path = bench.write_units()
