@@ -53,6 +53,8 @@ from profiling import Profiler  # noqa: E402
 from report import table, targets  # noqa: E402
 
 LOADGEN = BENCH / "loadgen.py"
+PAIRED = BENCH / "relay_paired.py"
+FORWARD = BENCH / "tcp_forward.py"
 SIZES = {
     # name: make_model keyword arguments
     "tiny": {},
@@ -104,6 +106,7 @@ class Plan:
     relay_busy: dict[str, tuple[int, int]]  # many clients: (concurrency, requests per block), by backend
     relay_reps: int                         # passes over every relay cell
     relay_real: tuple[int, tuple[int, int]]  # a ~400 MB model: relay_c1 and relay_busy (50-100 ms a request)
+    relay_pair_rounds: int                   # --relay-backends: rounds of the paired comparison
     stream_events: int
     stream_reps: int
     clients: int
@@ -116,7 +119,7 @@ class Plan:
         return cls(sizes=("tiny", "large"), passes=6, rounds={"tiny": 8, "large": 5},
                    relay_c1={"scripted": 600, "llama_server": 200},
                    relay_busy={"scripted": (32, 6000), "llama_server": (4, 600)}, relay_reps=3,
-                   relay_real=(60, (4, 60)), stream_events=100000, stream_reps=3, clients=300, client_procs=2,
+                   relay_real=(60, (4, 60)), relay_pair_rounds=200, stream_events=100000, stream_reps=3, clients=300, client_procs=2,
                    paced_events=40, paced_interval=0.05)
 
     @classmethod
@@ -124,7 +127,7 @@ class Plan:
         return cls(sizes=("tiny",), passes=1, rounds={"tiny": 4, "large": 2},
                    relay_c1={"scripted": 60, "llama_server": 20},
                    relay_busy={"scripted": (32, 400), "llama_server": (4, 40)}, relay_reps=1,
-                   relay_real=(10, (4, 10)), stream_events=5000, stream_reps=1, clients=40, client_procs=1,
+                   relay_real=(10, (4, 10)), relay_pair_rounds=20, stream_events=5000, stream_reps=1, clients=40, client_procs=1,
                    paced_events=10, paced_interval=0.02)
 
 
@@ -317,9 +320,9 @@ class Bench:
     def profiling(self, on: bool, name: str):
         return self.prof.record(name, self.daemon.proc.pid) if on else contextlib.nullcontext()
 
-    async def loadgen(self, spec: dict, timeout: float = 600) -> dict:
+    async def loadgen(self, spec: dict, timeout: float = 600, script: Path = LOADGEN) -> dict:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(LOADGEN), json.dumps(spec),
+            sys.executable, str(script), json.dumps(spec),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -502,19 +505,52 @@ class Bench:
                           for t in targets[2:]))
         return out
 
+    async def relay_paired(self, name: str) -> dict:
+        """One request per route in turn (bench/relay_paired.py): straight to llama-server on a kept-alive
+        connection (the reference) and on a new one per request, through the switch, and through a plain
+        TCP forwarder that opens a new upstream connection per client connection."""
+        model = f"relay-{name}"
+        await self.load_via_daemon(model)
+        port = harness.free_port()
+        fwd = await asyncio.create_subprocess_exec(sys.executable, str(FORWARD), str(port), str(self.llama_port),
+                                                   stdout=asyncio.subprocess.PIPE)
+        try:
+            await asyncio.wait_for(fwd.stdout.readline(), 30)
+            chat = PATHS["chat"]
+            routes = {"direct": {"url": self.llama_url + chat},
+                      "direct-new": {"url": self.llama_url + chat, "connection": "new"},
+                      "switch": {"url": self.daemon.url + chat},
+                      "switch-new": {"url": self.daemon.url + chat, "connection": "new"},
+                      "tcp-forward-new": {"url": f"http://127.0.0.1:{port}{chat}", "connection": "new"}}
+            r = await self.loadgen({"routes": routes, "body": {"model": model, **CHAT}, "reference": "direct",
+                                    "rounds": self.plan.relay_pair_rounds, "warmup": 10}, script=PAIRED)
+        finally:
+            fwd.kill()
+            await fwd.wait()
+        if r["error_count"]:
+            self.errors.append(f"relay paired {name}: {r['errors']}")
+        log(f"relay paired {name}: " + ", ".join(f"{n} {v['p50_ms']} ms (+{v['added_ms_paired']})"
+                                                  for n, v in r["routes"].items()))
+        return r
+
     async def relay(self) -> dict:
         await self.stop_everything()
         load0 = os.getloadavg()
         cells = await self.relay_backend("scripted", self.scripted["fast"]["url"], "fast") if self.relay_scripted else []
         if self.relay_llama:
             llama_model = [f"relay-{name}" for name in self.relay_llama]
+            paired = {}
             for name in self.relay_llama:  # each backend in turn: one llama-server port, one model at a time
                 cells += await self.relay_backend(f"llama_server:{name}", self.llama_url, f"relay-{name}")
+                paired[name] = await self.relay_paired(name)
         else:
             llama_model = f"{self.plan.sizes[0]}-a"
             cells += await self.relay_backend("llama_server", self.llama_url, llama_model)
-        return {"passes": self.plan.relay_reps, "llama_model": llama_model, "loadavg_start": load0,
-                "loadavg_end": os.getloadavg(), "cells": cells}
+        out = {"passes": self.plan.relay_reps, "llama_model": llama_model, "loadavg_start": load0,
+               "loadavg_end": os.getloadavg(), "cells": cells}
+        if self.relay_llama:
+            out["paired"] = paired
+        return out
 
     # -- 3. relay, streaming
 
