@@ -189,6 +189,7 @@ class Bench:
         self.prof = Profiler(None, None)
         self.relay_scripted = True  # --relay-backends: the scripted backend's cells
         self.relay_llama: dict[str, tuple[Path, int]] = {}  # --relay-backends: name -> (model file, threads)
+        self.relay_paired_only = False  # --relay-paired-only: llama-server backends without the block cells
 
     # names and units
     @staticmethod
@@ -522,16 +523,21 @@ class Bench:
                       "switch": {"url": self.daemon.url + chat},
                       "switch-new": {"url": self.daemon.url + chat, "connection": "new"},
                       "tcp-forward-new": {"url": f"http://127.0.0.1:{port}{chat}", "connection": "new"}}
-            r = await self.loadgen({"routes": routes, "body": {"model": model, **CHAT}, "reference": "direct",
-                                    "rounds": self.plan.relay_pair_rounds, "warmup": 10}, script=PAIRED)
+            passes = []
+            for _ in range(self.plan.relay_reps):
+                r = await self.loadgen({"routes": routes, "body": {"model": model, **CHAT}, "reference": "direct",
+                                        "rounds": self.plan.relay_pair_rounds, "warmup": 10}, script=PAIRED)
+                if r["error_count"]:
+                    self.errors.append(f"relay paired {name}: {r['errors']}")
+                log(f"relay paired {name}: " + ", ".join(f"{n} {v['p50_ms']} ms (+{v['added_ms_paired']})"
+                                                          for n, v in r["routes"].items()))
+                passes.append(r["routes"])
         finally:
             fwd.kill()
             await fwd.wait()
-        if r["error_count"]:
-            self.errors.append(f"relay paired {name}: {r['errors']}")
-        log(f"relay paired {name}: " + ", ".join(f"{n} {v['p50_ms']} ms (+{v['added_ms_paired']})"
-                                                  for n, v in r["routes"].items()))
-        return r
+        routes_out = {n: {k: rnd(median([p[n][k] for p in passes]), 3) for k in ("p50_ms", "added_ms_paired")}
+                      for n in routes}  # medians over passes
+        return {"rounds": self.plan.relay_pair_rounds, "passes": passes, "routes": routes_out}
 
     async def relay(self) -> dict:
         await self.stop_everything()
@@ -541,7 +547,8 @@ class Bench:
             llama_model = [f"relay-{name}" for name in self.relay_llama]
             paired = {}
             for name in self.relay_llama:  # each backend in turn: one llama-server port, one model at a time
-                cells += await self.relay_backend(f"llama_server:{name}", self.llama_url, f"relay-{name}")
+                if not self.relay_paired_only:
+                    cells += await self.relay_backend(f"llama_server:{name}", self.llama_url, f"relay-{name}")
                 paired[name] = await self.relay_paired(name)
         else:
             llama_model = f"{self.plan.sizes[0]}-a"
@@ -690,6 +697,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--relay-backends", metavar="LIST",
                     help="comma-separated backends of the relay phase: scripted and llama-server ones ("
                     f"{', '.join(RELAY_LLAMA)}: model size and -t); default: scripted and the first size's model at -t 1")
+    ap.add_argument("--relay-paired-only", action="store_true",
+                    help="llama-server backends of --relay-backends: the paired comparison only, not the block cells")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     ap.add_argument("--daemon-python", metavar="EXE",
                     help="run the daemon as EXE -m llm_switch serve … (a wrapper script, e.g. for tracing)")
@@ -740,6 +749,7 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(plan, um, work, server, server_env, models)
         if relay_backends:
             bench.relay_scripted = "scripted" in relay_backends
+            bench.relay_paired_only = args.relay_paired_only
             bench.relay_llama = {n: (ensure_models(RELAY_LLAMA[n][0])["a"], RELAY_LLAMA[n][1])
                                  for n in relay_backends if n in RELAY_LLAMA}
         if args.profile:

@@ -3,7 +3,8 @@
     python bench/tcp_forward.py LISTEN_PORT UPSTREAM_PORT
 
 Each accepted connection gets a new connection to 127.0.0.1:UPSTREAM_PORT and the bytes are
-copied both ways: no HTTP parsing, one asyncio loop, as little work per byte as Python allows.
+copied both ways: no HTTP parsing, one asyncio loop (uvloop's, as the daemon's), as little work
+per byte as Python allows.
 A client that opens a new connection per request thus costs the backend what the switch costs
 it (a new upstream connection per request: docs/design.md).
 """
@@ -37,4 +38,6 @@ async def main(listen: int, upstream: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+    import uvloop  # the daemon's dependency
+
+    uvloop.run(main(int(sys.argv[1]), int(sys.argv[2])))
