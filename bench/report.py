@@ -104,6 +104,9 @@ def table(res: dict) -> str:
         for name, r in res["relay"]["paired"].items():
             for route, v in r["routes"].items():
                 lines.append(f"| {name} | {route} | {fmt(v['p50_ms'], ' ms', 2)} | {fmt(v['added_ms_paired'], ' ms', 2)} |")
+            cpu = r.get("cpu_us_per_request", {})
+            lines.append(f"| {name} | CPU per request | switch {fmt(cpu.get('switch'), ' µs', 0)} | "
+                         f"TCP forwarder {fmt(cpu.get('tcp-forward'), ' µs', 0)} |")
     if "streaming" in res:
         st = res["streaming"]
         lines += ["", f"3. Relay overhead, streaming: one stream of {st['events_per_stream']} SSE chunks from a "

@@ -524,7 +524,10 @@ class Bench:
                       "switch-new": {"url": self.daemon.url + chat, "connection": "new"},
                       "tcp-forward-new": {"url": f"http://127.0.0.1:{port}{chat}", "connection": "new"}}
             passes = []
+            cpu = {"switch": 0.0, "tcp-forward": 0.0}  # CPU while relaying, warm-up included
+            pids = {"switch": self.daemon.proc.pid, "tcp-forward": fwd.pid}
             for _ in range(self.plan.relay_reps):
+                cpu0 = {k: proc_cpu_s(pid) for k, pid in pids.items()}
                 r = await self.loadgen({"routes": routes, "body": {"model": model, **CHAT}, "reference": "direct",
                                         "rounds": self.plan.relay_pair_rounds, "warmup": 10}, script=PAIRED)
                 if r["error_count"]:
@@ -532,12 +535,17 @@ class Bench:
                 log(f"relay paired {name}: " + ", ".join(f"{n} {v['p50_ms']} ms (+{v['added_ms_paired']})"
                                                           for n, v in r["routes"].items()))
                 passes.append(r["routes"])
+                cpu = {k: cpu[k] + proc_cpu_s(pid) - cpu0[k] for k, pid in pids.items()}
         finally:
             fwd.kill()
             await fwd.wait()
         routes_out = {n: {k: rnd(median([p[n][k] for p in passes]), 3) for k in ("p50_ms", "added_ms_paired")}
                       for n in routes}  # medians over passes
-        return {"rounds": self.plan.relay_pair_rounds, "passes": passes, "routes": routes_out}
+        sent = len(passes) * (self.plan.relay_pair_rounds + 10)  # requests per route; the switch has two routes
+        cpu_us = {"switch": rnd(cpu["switch"] * 1e6 / (2 * sent), 1), "tcp-forward": rnd(cpu["tcp-forward"] * 1e6 / sent, 1)}
+        log(f"relay paired {name}: CPU per request: switch {cpu_us['switch']} µs, tcp forwarder {cpu_us['tcp-forward']} µs")
+        return {"rounds": self.plan.relay_pair_rounds, "passes": passes, "routes": routes_out,
+                "cpu_us_per_request": cpu_us}
 
     async def relay(self) -> dict:
         await self.stop_everything()
