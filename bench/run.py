@@ -12,7 +12,9 @@ units, scripted backends and the daemon, all on free loopback ports, and measure
    (``llama-server --models-dir DIR --models-max 1``) on the same files;
 2. relay overhead, non-streaming: latency and throughput, switch vs direct, at concurrency 1
    and 32 on a scripted backend (the relay is what is measured) and at 1 and 4 on llama-server
-   (max_tokens 1; a real backend's numbers; it has 4 HTTP threads);
+   (max_tokens 1; a real backend's numbers; it has 4 HTTP threads); with --relay-backends, on
+   llama-server with the ~410 MB model at -t 1 and -t 2 too, and paired (bench/relay_paired.py)
+   against a new connection per request and a plain TCP forwarder (bench/tcp_forward.py);
 3. relay overhead, streaming: one SSE stream of many small chunks, as fast as the scripted
    backend can write them; chunks/s and time to first chunk, switch vs direct;
 4. many clients: hundreds of concurrent paced streams through the switch: errors, time to first
@@ -62,8 +64,8 @@ SIZES = {
 }
 PHASES = ("switch", "relay", "stream", "clients")
 # llama-server backends the relay phase can measure besides the default (the first size's model
-# at harness.llama_args' -t 1): name -> (size, threads). With one thread, llama-server's compute
-# thread and its HTTP threads compete for one core; with two, they do less.
+# at harness.llama_args' -t 1): name -> (size, threads). With -t 2 its compute holds both CPUs
+# of a 2-CPU machine; with -t 1 one is left to its HTTP threads, the relay and the client.
 RELAY_LLAMA = {"tiny-t1": ("tiny", 1), "400m-t1": ("large", 1), "400m-t2": ("large", 2)}
 HEALTH_POLL_S = 0.005
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
@@ -105,7 +107,7 @@ class Plan:
     relay_c1: dict[str, int]                # one client: requests per block, by backend
     relay_busy: dict[str, tuple[int, int]]  # many clients: (concurrency, requests per block), by backend
     relay_reps: int                         # passes over every relay cell
-    relay_real: tuple[int, tuple[int, int]]  # a ~400 MB model: relay_c1 and relay_busy (50-100 ms a request)
+    relay_real: tuple[int, tuple[int, int]]  # ~410 MB model: relay_c1 and relay_busy (~30 ms a request)
     relay_pair_rounds: int                   # --relay-backends: rounds of the paired comparison
     stream_events: int
     stream_reps: int
@@ -119,7 +121,8 @@ class Plan:
         return cls(sizes=("tiny", "large"), passes=6, rounds={"tiny": 8, "large": 5},
                    relay_c1={"scripted": 600, "llama_server": 200},
                    relay_busy={"scripted": (32, 6000), "llama_server": (4, 600)}, relay_reps=3,
-                   relay_real=(60, (4, 60)), relay_pair_rounds=200, stream_events=100000, stream_reps=3, clients=300, client_procs=2,
+                   relay_real=(60, (4, 60)), relay_pair_rounds=200,
+                   stream_events=100000, stream_reps=3, clients=300, client_procs=2,
                    paced_events=40, paced_interval=0.05)
 
     @classmethod
@@ -127,7 +130,8 @@ class Plan:
         return cls(sizes=("tiny",), passes=1, rounds={"tiny": 4, "large": 2},
                    relay_c1={"scripted": 60, "llama_server": 20},
                    relay_busy={"scripted": (32, 400), "llama_server": (4, 40)}, relay_reps=1,
-                   relay_real=(10, (4, 10)), relay_pair_rounds=20, stream_events=5000, stream_reps=1, clients=40, client_procs=1,
+                   relay_real=(10, (4, 10)), relay_pair_rounds=20,
+                   stream_events=5000, stream_reps=1, clients=40, client_procs=1,
                    paced_events=10, paced_interval=0.02)
 
 
@@ -542,15 +546,19 @@ class Bench:
         routes_out = {n: {k: rnd(median([p[n][k] for p in passes]), 3) for k in ("p50_ms", "added_ms_paired")}
                       for n in routes}  # medians over passes
         sent = len(passes) * (self.plan.relay_pair_rounds + 10)  # requests per route; the switch has two routes
-        cpu_us = {"switch": rnd(cpu["switch"] * 1e6 / (2 * sent), 1), "tcp-forward": rnd(cpu["tcp-forward"] * 1e6 / sent, 1)}
-        log(f"relay paired {name}: CPU per request: switch {cpu_us['switch']} µs, tcp forwarder {cpu_us['tcp-forward']} µs")
+        cpu_us = {"switch": rnd(cpu["switch"] * 1e6 / (2 * sent), 1),
+                  "tcp-forward": rnd(cpu["tcp-forward"] * 1e6 / sent, 1)}
+        log(f"relay paired {name}: CPU per request: switch {cpu_us['switch']} µs, "
+            f"tcp forwarder {cpu_us['tcp-forward']} µs")
         return {"rounds": self.plan.relay_pair_rounds, "passes": passes, "routes": routes_out,
                 "cpu_us_per_request": cpu_us}
 
     async def relay(self) -> dict:
         await self.stop_everything()
         load0 = os.getloadavg()
-        cells = await self.relay_backend("scripted", self.scripted["fast"]["url"], "fast") if self.relay_scripted else []
+        cells = []
+        if self.relay_scripted:
+            cells += await self.relay_backend("scripted", self.scripted["fast"]["url"], "fast")
         if self.relay_llama:
             llama_model = [f"relay-{name}" for name in self.relay_llama]
             paired = {}
