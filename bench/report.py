@@ -97,6 +97,16 @@ def table(res: dict) -> str:
                 lines.append(f"| {v} | | | | | | {fmt(w['p50_ms'], '', 2)} / {fmt(w['p99_ms'], ' ms', 2)} | "
                              f"{fmt(w['added_p50_ms'], '', 2)} ({fmt(w['added_p50_ms_paired'], ' ms', 2)}) | | "
                              f"{fmt(w['throughput_rps'], '', 0)} | {fmt(w.get('daemon_cpu_us_per_request'), ' µs', 0)} |")
+    if "paired" in res.get("relay", {}):
+        lines += ["", "2b. Paired, chat, 1 token: one request per route in turn, order rotated; p50 and the median "
+                  "of per-round differences to a kept-alive connection straight to llama-server", "",
+                  "| backend | route | p50 | added (paired) |", "|---|---|---|---|"]
+        for name, r in res["relay"]["paired"].items():
+            for route, v in r["routes"].items():
+                lines.append(f"| {name} | {route} | {fmt(v['p50_ms'], ' ms', 2)} | {fmt(v['added_ms_paired'], ' ms', 2)} |")
+            cpu = r.get("cpu_us_per_request", {})
+            lines.append(f"| {name} | CPU per request | switch {fmt(cpu.get('switch'), ' µs', 0)} | "
+                         f"TCP forwarder {fmt(cpu.get('tcp-forward'), ' µs', 0)} |")
     if "streaming" in res:
         st = res["streaming"]
         lines += ["", f"3. Relay overhead, streaming: one stream of {st['events_per_stream']} SSE chunks from a "

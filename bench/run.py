@@ -12,7 +12,9 @@ units, scripted backends and the daemon, all on free loopback ports, and measure
    (``llama-server --models-dir DIR --models-max 1``) on the same files;
 2. relay overhead, non-streaming: latency and throughput, switch vs direct, at concurrency 1
    and 32 on a scripted backend (the relay is what is measured) and at 1 and 4 on llama-server
-   (max_tokens 1; a real backend's numbers; it has 4 HTTP threads);
+   (max_tokens 1; a real backend's numbers; it has 4 HTTP threads); with --relay-backends, on
+   llama-server with the ~410 MB model at -t 1 and -t 2 too, and paired (bench/relay_paired.py)
+   against a new connection per request and a plain TCP forwarder (bench/tcp_forward.py);
 3. relay overhead, streaming: one SSE stream of many small chunks, as fast as the scripted
    backend can write them; chunks/s and time to first chunk, switch vs direct;
 4. many clients: hundreds of concurrent paced streams through the switch: errors, time to first
@@ -53,12 +55,18 @@ from profiling import Profiler  # noqa: E402
 from report import table, targets  # noqa: E402
 
 LOADGEN = BENCH / "loadgen.py"
+PAIRED = BENCH / "relay_paired.py"
+FORWARD = BENCH / "tcp_forward.py"
 SIZES = {
     # name: make_model keyword arguments
     "tiny": {},
     "large": {"hidden": 1024, "blocks": 8, "ffn": 2816},
 }
 PHASES = ("switch", "relay", "stream", "clients")
+# llama-server backends the relay phase can measure besides the default (the first size's model
+# at harness.llama_args' -t 1): name -> (size, threads). With -t 2 its compute holds both CPUs
+# of a 2-CPU machine; with -t 1 one is left to its HTTP threads, the relay and the client.
+RELAY_LLAMA = {"tiny-t1": ("tiny", 1), "400m-t1": ("large", 1), "400m-t2": ("large", 2)}
 HEALTH_POLL_S = 0.005
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
 PROMPT = {"prompt": "hi", "max_tokens": 1}
@@ -99,6 +107,8 @@ class Plan:
     relay_c1: dict[str, int]                # one client: requests per block, by backend
     relay_busy: dict[str, tuple[int, int]]  # many clients: (concurrency, requests per block), by backend
     relay_reps: int                         # passes over every relay cell
+    relay_real: tuple[int, tuple[int, int]]  # ~410 MB model: relay_c1 and relay_busy (~30 ms a request)
+    relay_pair_rounds: int                   # --relay-backends: rounds of the paired comparison
     stream_events: int
     stream_reps: int
     clients: int
@@ -111,6 +121,7 @@ class Plan:
         return cls(sizes=("tiny", "large"), passes=6, rounds={"tiny": 8, "large": 5},
                    relay_c1={"scripted": 600, "llama_server": 200},
                    relay_busy={"scripted": (32, 6000), "llama_server": (4, 600)}, relay_reps=3,
+                   relay_real=(60, (4, 60)), relay_pair_rounds=200,
                    stream_events=100000, stream_reps=3, clients=300, client_procs=2,
                    paced_events=40, paced_interval=0.05)
 
@@ -119,6 +130,7 @@ class Plan:
         return cls(sizes=("tiny",), passes=1, rounds={"tiny": 4, "large": 2},
                    relay_c1={"scripted": 60, "llama_server": 20},
                    relay_busy={"scripted": (32, 400), "llama_server": (4, 40)}, relay_reps=1,
+                   relay_real=(10, (4, 10)), relay_pair_rounds=20,
                    stream_events=5000, stream_reps=1, clients=40, client_procs=1,
                    paced_events=10, paced_interval=0.02)
 
@@ -179,6 +191,9 @@ class Bench:
         self.http: aiohttp.ClientSession | None = None
         self.errors: list[str] = []
         self.prof = Profiler(None, None)
+        self.relay_scripted = True  # --relay-backends: the scripted backend's cells
+        self.relay_llama: dict[str, tuple[Path, int]] = {}  # --relay-backends: name -> (model file, threads)
+        self.relay_paired_only = False  # --relay-paired-only: llama-server backends without the block cells
 
     # names and units
     @staticmethod
@@ -212,6 +227,10 @@ class Bench:
             "paced": {"model": "paced", "routes": {"/v1/chat/completions": {
                 "sse": {"repeat": CHUNK, "count": p.paced_events}, "interval": p.paced_interval}}},
         }
+        for name, (path, threads) in self.relay_llama.items():
+            self.um.write_unit(self.unit(f"relay-{name}"), harness.llama_unit_text(
+                self.server, self.server_env, path, self.llama_port, alias=f"relay-{name}",
+                extra_args=("-t", str(threads)), log_path=logs / f"relay-{name}.log"))  # the last -t counts
         for name, script in scripts.items():
             port = harness.free_port()
             script_path = self.work / f"{name}.json"
@@ -227,6 +246,7 @@ class Bench:
             "max_connections": 1024,  # the many-clients phase holds 300 streams open at once (default 256)
             "models": {
                 **{m: self.unit(m) for m in self.llama_models()},
+                **{f"relay-{n}": self.unit(f"relay-{n}") for n in self.relay_llama},
                 **{name: {"unit": self.unit(name), "url": s["url"]} for name, s in self.scripted.items()},
             },
         }
@@ -305,9 +325,9 @@ class Bench:
     def profiling(self, on: bool, name: str):
         return self.prof.record(name, self.daemon.proc.pid) if on else contextlib.nullcontext()
 
-    async def loadgen(self, spec: dict, timeout: float = 600) -> dict:
+    async def loadgen(self, spec: dict, timeout: float = 600, script: Path = LOADGEN) -> dict:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(LOADGEN), json.dumps(spec),
+            sys.executable, str(script), json.dumps(spec),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -416,8 +436,11 @@ class Bench:
         """Per backend: one client (httpx, as the OpenAI SDK; keep-alive and a new connection per
         request; chat and completions), one aiohttp keep-alive client (the figure of earlier runs),
         and several aiohttp clients at once (throughput)."""
-        n1 = self.plan.relay_c1[backend]
-        conc, n = self.plan.relay_busy[backend]
+        kind, _, name = backend.partition(":")
+        if name and RELAY_LLAMA[name][0] == "large":
+            n1, (conc, n) = self.plan.relay_real
+        else:
+            n1, (conc, n) = self.plan.relay_c1[kind], self.plan.relay_busy[kind]
         cells = [RelayCell(backend, path, "httpx", conn, 1, n1)
                  for conn in ("keep-alive", "new") for path in ("chat", "completions")]
         return cells + [RelayCell(backend, "chat", "aiohttp", "keep-alive", 1, n1),
@@ -487,14 +510,70 @@ class Bench:
                           for t in targets[2:]))
         return out
 
+    async def relay_paired(self, name: str) -> dict:
+        """One request per route in turn (bench/relay_paired.py): straight to llama-server on a kept-alive
+        connection (the reference) and on a new one per request, through the switch, and through a plain
+        TCP forwarder that opens a new upstream connection per client connection."""
+        model = f"relay-{name}"
+        await self.load_via_daemon(model)
+        port = harness.free_port()
+        fwd = await asyncio.create_subprocess_exec(sys.executable, str(FORWARD), str(port), str(self.llama_port),
+                                                   stdout=asyncio.subprocess.PIPE)
+        try:
+            await asyncio.wait_for(fwd.stdout.readline(), 30)
+            chat = PATHS["chat"]
+            routes = {"direct": {"url": self.llama_url + chat},
+                      "direct-new": {"url": self.llama_url + chat, "connection": "new"},
+                      "switch": {"url": self.daemon.url + chat},
+                      "switch-new": {"url": self.daemon.url + chat, "connection": "new"},
+                      "tcp-forward-new": {"url": f"http://127.0.0.1:{port}{chat}", "connection": "new"}}
+            passes = []
+            cpu = {"switch": 0.0, "tcp-forward": 0.0}  # CPU while relaying, warm-up included
+            pids = {"switch": self.daemon.proc.pid, "tcp-forward": fwd.pid}
+            for _ in range(self.plan.relay_reps):
+                cpu0 = {k: proc_cpu_s(pid) for k, pid in pids.items()}
+                r = await self.loadgen({"routes": routes, "body": {"model": model, **CHAT}, "reference": "direct",
+                                        "rounds": self.plan.relay_pair_rounds, "warmup": 10}, script=PAIRED)
+                if r["error_count"]:
+                    self.errors.append(f"relay paired {name}: {r['errors']}")
+                log(f"relay paired {name}: " + ", ".join(f"{n} {v['p50_ms']} ms (+{v['added_ms_paired']})"
+                                                          for n, v in r["routes"].items()))
+                passes.append(r["routes"])
+                cpu = {k: cpu[k] + proc_cpu_s(pid) - cpu0[k] for k, pid in pids.items()}
+        finally:
+            fwd.kill()
+            await fwd.wait()
+        routes_out = {n: {k: rnd(median([p[n][k] for p in passes]), 3) for k in ("p50_ms", "added_ms_paired")}
+                      for n in routes}  # medians over passes
+        sent = len(passes) * (self.plan.relay_pair_rounds + 10)  # requests per route; the switch has two routes
+        cpu_us = {"switch": rnd(cpu["switch"] * 1e6 / (2 * sent), 1),
+                  "tcp-forward": rnd(cpu["tcp-forward"] * 1e6 / sent, 1)}
+        log(f"relay paired {name}: CPU per request: switch {cpu_us['switch']} µs, "
+            f"tcp forwarder {cpu_us['tcp-forward']} µs")
+        return {"rounds": self.plan.relay_pair_rounds, "passes": passes, "routes": routes_out,
+                "cpu_us_per_request": cpu_us}
+
     async def relay(self) -> dict:
         await self.stop_everything()
         load0 = os.getloadavg()
-        cells = await self.relay_backend("scripted", self.scripted["fast"]["url"], "fast")
-        llama_model = f"{self.plan.sizes[0]}-a"
-        cells += await self.relay_backend("llama_server", self.llama_url, llama_model)
-        return {"passes": self.plan.relay_reps, "llama_model": llama_model, "loadavg_start": load0,
-                "loadavg_end": os.getloadavg(), "cells": cells}
+        cells = []
+        if self.relay_scripted:
+            cells += await self.relay_backend("scripted", self.scripted["fast"]["url"], "fast")
+        if self.relay_llama:
+            llama_model = [f"relay-{name}" for name in self.relay_llama]
+            paired = {}
+            for name in self.relay_llama:  # each backend in turn: one llama-server port, one model at a time
+                if not self.relay_paired_only:
+                    cells += await self.relay_backend(f"llama_server:{name}", self.llama_url, f"relay-{name}")
+                paired[name] = await self.relay_paired(name)
+        else:
+            llama_model = f"{self.plan.sizes[0]}-a"
+            cells += await self.relay_backend("llama_server", self.llama_url, llama_model)
+        out = {"passes": self.plan.relay_reps, "llama_model": llama_model, "loadavg_start": load0,
+               "loadavg_end": os.getloadavg(), "cells": cells}
+        if self.relay_llama:
+            out["paired"] = paired
+        return out
 
     # -- 3. relay, streaming
 
@@ -631,6 +710,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny models, few rounds: a smoke check (~15-30 s)")
     ap.add_argument("--out", help="JSON results file (default bench/results/<time>[-quick].json)")
     ap.add_argument("--sizes", help="comma-separated model sizes (tiny, large); default: both (quick: tiny)")
+    ap.add_argument("--relay-backends", metavar="LIST",
+                    help="comma-separated backends of the relay phase: scripted and llama-server ones ("
+                    f"{', '.join(RELAY_LLAMA)}: model size and -t); default: scripted and the first size's model at -t 1")
+    ap.add_argument("--relay-paired-only", action="store_true",
+                    help="llama-server backends of --relay-backends: the paired comparison only, not the block cells")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     ap.add_argument("--daemon-python", metavar="EXE",
                     help="run the daemon as EXE -m llm_switch serve … (a wrapper script, e.g. for tracing)")
@@ -657,6 +741,10 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             ap.error(f"unknown sizes: {', '.join(sorted(unknown))} (choose from {', '.join(SIZES)})")
         plan.sizes = sizes
+    relay_backends = [b.strip() for b in (args.relay_backends or "").split(",") if b.strip()]
+    if set(relay_backends) - {"scripted", *RELAY_LLAMA}:
+        ap.error(f"unknown relay backends: {', '.join(sorted(set(relay_backends) - {'scripted', *RELAY_LLAMA}))} "
+                 f"(choose from scripted, {', '.join(RELAY_LLAMA)})")
     out = Path(args.out) if args.out else (
         BENCH / "results" / (time.strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "") + ".json"))
 
@@ -675,6 +763,11 @@ def main(argv: list[str] | None = None) -> int:
         um = private_systemd(stack, work, args.keep)
         os.environ["DBUS_SESSION_BUS_ADDRESS"] = um.env["DBUS_SESSION_BUS_ADDRESS"]  # the floor's D-Bus client
         bench = Bench(plan, um, work, server, server_env, models)
+        if relay_backends:
+            bench.relay_scripted = "scripted" in relay_backends
+            bench.relay_paired_only = args.relay_paired_only
+            bench.relay_llama = {n: (ensure_models(RELAY_LLAMA[n][0])["a"], RELAY_LLAMA[n][1])
+                                 for n in relay_backends if n in RELAY_LLAMA}
         if args.profile:
             bench.prof = Profiler(py_spy, Path(args.profile))
         config_path = bench.write_units()
