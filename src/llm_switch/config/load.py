@@ -18,7 +18,8 @@ from . import values as v
 from . import web
 from .types import (DEFAULT_BACKEND, DEFAULT_HEADER_TIMEOUT, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BODY,
                     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_JSON, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT, DEFAULT_PROMPT_CACHE_MAX,
-                    DEFAULT_PROMPT_CACHE_MIN_TOKENS, DEFAULT_SHUTDOWN_GRACE, LOADING_PROGRESS,
+                    DEFAULT_PROMPT_CACHE_MIN_TOKENS, DEFAULT_READAHEAD_MARGIN, DEFAULT_SHUTDOWN_GRACE,
+                    LOADING_PROGRESS,
                     Config, Model, PromptCacheSettings, default_prompt_cache_dir)
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]*$")
@@ -28,9 +29,10 @@ _TOP_KEYS = {"listen", "backend", "health_timeout", "max_body_bytes", "models", 
              "prompt_cache", "prompt_cache_dir", "prompt_cache_max", "prompt_cache_min_tokens", "loading_progress",
              "api_keys", "allow_unauthenticated", "metrics_public", "max_connections", "header_timeout",
              "max_json_bytes", "allowed_hosts", "cors_origins",
-             "memory_device", "memory_reserve", "models_dir", "models_defaults"}
+             "memory_device", "memory_reserve", "models_dir", "models_defaults", "readahead", "readahead_margin"}
 _MODEL_KEYS = {"unit", "cmd", "url", "aliases", "health_timeout", "repair_tool_calls", "memory", "min_loaded",
-               "idle_unload", "prompt_cache", "backend_api_key", "loading_progress", "unlisted"}
+               "idle_unload", "prompt_cache", "backend_api_key", "loading_progress", "unlisted",
+               "readahead"}
 
 
 def find_path(explicit: str | None) -> Path:
@@ -125,6 +127,7 @@ def _settings(raw: dict) -> dict[str, Any]:
         max_json_bytes=v.positive_int(raw.get("max_json_bytes", DEFAULT_MAX_JSON), "max_json_bytes"),
         allowed_hosts=web.allowed_hosts(raw.get("allowed_hosts")),
         cors_origins=web.cors_origins(raw.get("cors_origins")),
+        readahead_margin=v.size(raw.get("readahead_margin", DEFAULT_READAHEAD_MARGIN), "readahead_margin"),
     )
 
 
@@ -140,7 +143,8 @@ def _dir_models(raw: dict, defaults: dict[str, Any], models: dict[str, Model], n
     found, skipped = md.scan(directory)
     warnings += skipped
     memory, memory_auto = mem.model_memory({"memory": d["memory"]}, "models_defaults", defaults["budget_set"])
-    same = {k: defaults[k] for k in ("health_timeout", "min_loaded", "idle_unload", "prompt_cache", "loading_progress")}
+    same = {k: defaults[k] for k in ("health_timeout", "min_loaded", "idle_unload", "prompt_cache", "loading_progress",
+                                      "readahead")}
     for i, (name, path) in enumerate(found.items()):
         port = d["port"] + i  # one each, in file order: they may run side by side under a memory_budget
         if name in names:
@@ -165,6 +169,7 @@ def _model_defaults(raw: dict) -> dict[str, Any]:
         "prompt_cache": v.boolean(raw.get("prompt_cache", True), "prompt_cache"),
         "loading_progress": v.one_of(raw.get("loading_progress", "reasoning"), "loading_progress",
                                      LOADING_PROGRESS),
+        "readahead": v.boolean(raw.get("readahead", True), "readahead"),
         "budget_set": raw.get("memory_budget") is not None,  # then a model with no memory is auto
     }
 
@@ -262,6 +267,7 @@ def _model(name: str, spec: Any, defaults: dict[str, Any]) -> Model:
         backend_api_key=k.backend_api_key(spec.get("backend_api_key"), f"{key}.backend_api_key"),
         loading_progress=v.one_of(spec["loading_progress"], f"{key}.loading_progress", LOADING_PROGRESS)
         if "loading_progress" in spec else defaults["loading_progress"],
+        readahead=v.boolean(spec["readahead"], f"{key}.readahead") if "readahead" in spec else defaults["readahead"],
     )
 
 

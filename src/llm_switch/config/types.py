@@ -19,6 +19,7 @@ DEFAULT_SHUTDOWN_GRACE = 30.0
 LOADING_PROGRESS = ("reasoning", "comment", "off")  # what a waiting streamed chat completion is sent
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_READAHEAD_MARGIN = 2 << 30  # kept free beyond the file when reading a model ahead
 
 
 def default_prompt_cache_dir() -> str:
@@ -42,6 +43,7 @@ class Model:
     idle_unload: float | None = None  # None: never unloaded for idleness
     prompt_cache: bool = True  # save the slots at stop, restore them at start (where the backend can)
     loading_progress: str = "reasoning"  # one of LOADING_PROGRESS (http/progress.py)
+    readahead: bool = True  # read its GGUF files into the page cache while a switch to it waits
     backend_api_key: str | None = field(default=None, repr=False)  # sent as Bearer to a llama-server --api-key
 
 
@@ -91,6 +93,7 @@ class Config:
     max_json_bytes: int = DEFAULT_MAX_JSON  # a JSON body's limit (its parsed form takes ~25x its size)
     allowed_hosts: frozenset[str] = frozenset()  # Host names accepted beside loopback's (http/guard.py)
     cors_origins: frozenset[str] = frozenset()  # web origins whose pages may call the switch
+    readahead_margin: int = DEFAULT_READAHEAD_MARGIN  # read ahead only while MemAvailable > file + this
 
     @property
     def listen(self) -> str:
