@@ -111,7 +111,10 @@ class Server:
                 await task
 
     async def _preload(self, scheduler: Scheduler) -> None:
-        for name in self.config.preload:
+        names = self.config.preload
+        for i, name in enumerate(names):
+            if i + 1 < len(names):
+                scheduler.read_ahead(names[i + 1])  # read while this one loads
             try:
                 await scheduler.load(name)
                 log.info("%s: preloaded", name)

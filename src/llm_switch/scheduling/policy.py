@@ -72,6 +72,7 @@ class Plan:
     start: str | None = None             # the next model to start ...
     stop: tuple[str, ...] = ()           # ... once these have drained and stopped
     unload: tuple[str, ...] = ()         # idle past their idle_unload: stop them
+    upcoming: str | None = None          # the model whose switch waits for a drain or a min_loaded window
     wake_at: float | None = None         # decide again then, if nothing happens before
 
 
@@ -146,6 +147,7 @@ def decide(models: Mapping[str, ModelView], queue: Sequence[Waiter], budget: int
     start: str | None = None
     stop: tuple[str, ...] = ()
     blocked = False  # a switch waits for a model's min_loaded window: later ones keep their place
+    upcoming: str | None = None
     for w in sorted(queue, key=lambda w: w.since):
         target = models[w.model]
         if target.state.up and not target.draining and target.state is not State.STOPPING:
@@ -157,6 +159,7 @@ def decide(models: Mapping[str, ModelView], queue: Sequence[Waiter], budget: int
         hold.update(m.name for m in evict if m.state is State.READY and now - m.ready_at >= m.min_loaded)
         if waiting_on:
             blocked = True
+            upcoming = upcoming or target.name
             wake.extend(t for m in waiting_on if (t := _release_at(m)) is not None)
             continue
         start, stop = target.name, tuple(m.name for m in evict)
@@ -177,4 +180,4 @@ def decide(models: Mapping[str, ModelView], queue: Sequence[Waiter], budget: int
         else:
             wake.append(due)
     return Plan(admit=admit, hold=frozenset(hold), start=start, stop=stop, unload=tuple(unload),
-                wake_at=min(wake) if wake else None)
+                wake_at=min(wake) if wake else None, upcoming=upcoming)

@@ -31,6 +31,7 @@ from .memory import Gpu
 from .model import ModelRuntime
 from .policy import State
 from .prompt_cache import PromptCache
+from .readahead import ReadAhead
 from .snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class Scheduler:
         self.events = events or EventBus()
         self.gpu = Gpu()
         self.prompt_cache = PromptCache(lambda: self.config.prompt_cache, backends)
+        self.readahead = ReadAhead(lambda: self.config, systemd)
         self.models: dict[str, ModelRuntime] = {name: self._runtime(m) for name, m in config.models.items()}
         backends.use_keys(_backend_keys(config))
         self.switches: deque[SwitchDone] = deque(maxlen=20)
@@ -172,6 +174,7 @@ class Scheduler:
         plan = policy.decide({n: r.view() for n, r in self.models.items()}, list(heads.values()),
                              self.config.memory_budget, now)
         self._hold = plan.hold
+        self.read_ahead(plan.upcoming if plan.start is None else plan.start if plan.stop else None)
         for name in plan.admit:
             self._admit_waiting(name)
         if self._op is None:
@@ -190,6 +193,11 @@ class Scheduler:
         if plan.wake_at is not None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_at(loop.time() + max(0.0, plan.wake_at - now) + 0.001, self._schedule)
+
+    def read_ahead(self, name: str | None) -> None:
+        """`name`'s files into the page cache ahead of its start (scheduling/readahead.py)."""
+        if name is not None and (runtime := self.models.get(name)) is not None:
+            self.readahead.next(runtime.model)
 
     def _admit_waiting(self, name: str) -> None:
         runtime = self.models[name]
@@ -419,6 +427,7 @@ class Scheduler:
     async def close(self) -> None:
         """Cancel a pending operation and the waiting requests; units are left as they are."""
         self._closed = True
+        self.readahead.cancel()
         if self._timer is not None:
             self._timer.cancel()
         if self._resync_task is not None:
