@@ -180,8 +180,8 @@ def test_preload_reads_the_next_preloaded_model_while_the_first_loads(deploy, bi
     slow = deploy.scripted_unit("slow", {"health": {"ok_after": 15}})
     b = deploy.llama_unit("b", big_model)
     drop_from_cache(big_model)
-    deploy.up({"slow": {"unit": slow.unit, "url": slow.url}, "b": {"unit": b.unit, "url": b.url}},
-              preload=["slow", "b"])
-    size = big_model.stat().st_size
-    harness.wait_for(lambda: resident(big_model) >= size * 0.95, 60, what=f"{big_model} resident")
+    daemon = deploy.up({"slow": {"unit": slow.unit, "url": slow.url}, "b": {"unit": b.unit, "url": b.url}},
+                       preload=["slow", "b"])
+    harness.wait_for(lambda: "b: read ahead" in daemon.log(), 60, what="the read-ahead's log line")
+    assert resident(big_model) >= big_model.stat().st_size * 0.95
     assert not b.runs(), "b's unit started before its file was read ahead"
