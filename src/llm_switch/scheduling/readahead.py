@@ -161,13 +161,18 @@ class ReadAhead:
         self.last: Outcome | None = None
 
     def next(self, model: Model) -> None:
-        """Read `model`'s files ahead, unless it is off for it or this model was named last."""
+        """Read `model`'s files ahead, unless it is off for it or it was read ahead since it last started."""
         if not model.readahead or model.name == self._name:
             return
         self.cancel()
         self._name, self._stop = model.name, threading.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(model, self._stop),
                                                             name=f"llm-switch read-ahead ({model.name})")
+
+    def started(self, name: str) -> None:
+        """`name` was started: the next switch to it reads it again (its pages may go meanwhile)."""
+        if self._name == name:
+            self._name = None
 
     def cancel(self) -> None:
         self._stop.set()

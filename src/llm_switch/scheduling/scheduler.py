@@ -261,6 +261,7 @@ class Scheduler:
             self._record(previous, name, time.monotonic() - t0, 0.0, ok=False)
             raise StartFailed(f"{name}: could not stop {', '.join(previous)} first: {e.message}") from None
         stopped_s = time.monotonic() - t0
+        self.readahead.started(name)
         try:
             ready_s = await target.start()
         except SwitchError:
