@@ -8,7 +8,7 @@ A is a scripted backend whose answer takes `--busy` seconds (default 3); B is ll
 generated model of ~1.6 GB (~400 MB with --quick), as a unit per variant (the same file). Each
 case: A loaded, its request sent, then a 1-token request for B; the switch is timed from the end
 of A's answer (as the client reads it) to B's first `/health` 200 (polled every 5 ms). The floor
-does the same with systemctl (stop A, start B) and no daemon. "Cold" evicts B's file from the
+does the same over D-Bus (StopUnit A, StartUnit B) with no daemon. "Cold" evicts B's file from the
 page cache (posix_fadvise DONTNEED, checked with fincore; else drop_caches as root); the rest of
 the cache (llama-server's binary) stays warm. Cases are interleaved over rounds, order rotated.
 
@@ -19,6 +19,7 @@ Writes every figure to bench/results/coldcache-<time>.json.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -36,6 +37,7 @@ sys.path.insert(0, str(BENCH.parent / "src"))
 from benchkit import ensure_models, harness, log, machine_info, median, private_systemd, rnd  # noqa: E402
 
 from llm_switch.scheduling.readahead import read_files  # noqa: E402  (the reader the switch uses)
+from llm_switch.units.systemd import Systemd  # noqa: E402  (the floor's D-Bus client, as in run.py)
 
 SIZES = {"large": {"hidden": 2048, "blocks": 8, "ffn": 5632}, "quick": {"hidden": 1024, "blocks": 8, "ffn": 2816}}
 # llama-server's --load-mode values measured beside the default (auto: mmap)
@@ -149,27 +151,35 @@ class Rig:
         return {"switch_s": ready - done["a_end"]}
 
     def floor(self, target: str, prepare) -> dict:
-        """The same with systemctl and no daemon: from stopping A to B's /health 200."""
+        """The same over D-Bus (StopUnit, StartUnit) with no daemon: from stopping A to B's /health 200."""
         post(self.daemon.url + "/unload")
         self.dep.um.systemctl("start", self.a.unit)
         first_health(self.a.url)
         prepare(self.model)
-        t0 = time.monotonic()
-        self.dep.um.systemctl("stop", self.a.unit)
-        self.dep.um.systemctl("start", self.b[target].unit)
-        ready = first_health(self.b[target].url)
-        self.dep.um.systemctl("stop", self.b[target].unit)
-        return {"switch_s": ready - t0}
+        return {"switch_s": asyncio.run(self._floor(self.b[target]))}
+
+    async def _floor(self, b: harness.Backend) -> float:
+        systemd = Systemd()
+        await systemd.connect()
+        try:
+            t0 = time.monotonic()
+            await systemd.stop(self.a.unit)
+            await systemd.start(b.unit)
+            ready = first_health(b.url)  # nothing else runs on this loop
+            await systemd.stop(b.unit)
+            return ready - t0
+        finally:
+            await systemd.close()
 
     def close(self) -> None:
         self.dep.close()
 
 
-def cases() -> list[tuple[str, str, str]]:
+def cases(modes: list[str]) -> list[tuple[str, str, str]]:
     """(kind, model, cache) of every case."""
     out = [("switch", "b", "cold"), ("switch", "b", "warm"), ("switch", "b-ra", "cold"),
            ("floor", "b", "cold"), ("floor", "b", "warm")]
-    for mode in LOAD_MODES:
+    for mode in modes:
         out += [("switch", f"b-{mode}", "cold"), ("switch", f"b-{mode}", "warm")]
     return out
 
@@ -216,12 +226,14 @@ def table(res: dict) -> str:
              "seconds from the end of A's answer to B's first /health 200",
              "", "| what | cold | warm | cold / warm |", "|---|---|---|---|",
              f"| read the file (`dd`, {r['bandwidth_Bps'] / 1e6:.0f} MB/s): the limit | {r['dd_s']:.2f} | | |",
-             f"| floor: systemctl stop A, start B, 5 ms poll | {med['floor b cold']:.2f} | {med['floor b warm']:.2f} |"
+             f"| floor: StopUnit A, StartUnit B over D-Bus, 5 ms poll | {med['floor b cold']:.2f} | {med['floor b warm']:.2f} |"
              f" {med['floor b cold'] / med['floor b warm']:.2f} |",
              f"| switch | {med['switch b cold']:.2f} | {warm:.2f} | {med['switch b cold'] / warm:.2f} |",
              f"| switch, read ahead while A finishes | {med['switch b-ra cold']:.2f} | | "
              f"{med['switch b-ra cold'] / warm:.2f} (target ≤ 1.15) |"]
     for mode, what in LOAD_MODES.items():
+        if f"switch b-{mode} cold" not in med:
+            continue
         c, w = med[f"switch b-{mode} cold"], med[f"switch b-{mode} warm"]
         lines.append(f"| switch, `--load-mode {mode}`: {what} | {c:.2f} | {w:.2f} | {c / warm:.2f} / {w / warm:.2f} |")
     lines += ["", f"readers from cold: `dd` {r['dd_s']:.2f} s; the switch's reader {r['reader_s']:.2f} s "
@@ -236,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a ~400 MB model, 1 round: a smoke check")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--busy", type=float, default=3.0, help="seconds A's answer takes (2-5)")
+    ap.add_argument("--load-modes", type=lambda v: [m for m in v.split(",") if m], default=list(LOAD_MODES),
+                    help=f"llama-server load modes measured beside the default (of {','.join(LOAD_MODES)}; '' none)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args(argv)
@@ -247,10 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         work = Path(os.environ.get("TMPDIR", "/tmp")) / f"llm-switch-coldcache-{os.getpid()}"
         um = private_systemd(stack, work, args.keep)
+        os.environ["DBUS_SESSION_BUS_ADDRESS"] = um.env["DBUS_SESSION_BUS_ADDRESS"]  # the floor's D-Bus client
         rig = Rig(um, work, model, args.busy)
         stack.callback(rig.close)
         res = {"machine": info, "rounds": rounds, "busy_s": args.busy, "readers": readers(model), "rows": []}
-        order = cases()
+        order = cases(args.load_modes)
         for n in range(rounds):
             for kind, name, cache in order[n % len(order):] + order[:n % len(order)]:
                 row = {"round": n, "kind": kind, "model": name, "cache": cache, **run_case(rig, kind, name, cache)}
