@@ -218,6 +218,14 @@ def summarize(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
+def paired(rows: list[dict], case: str, reference: str) -> float | None:
+    """The median over rounds of case / reference: each round's pair saw the same load."""
+    by_round: dict[int, dict[str, float]] = {}
+    for r in rows:
+        by_round.setdefault(r["round"], {})[f"{r['kind']} {r['model']} {r['cache']}"] = r["switch_s"]
+    return median([v[case] / v[reference] for v in by_round.values() if case in v and reference in v])
+
+
 def table(res: dict) -> str:
     r, s = res["readers"], res["summary"]
     med = {k: v["median_s"] for k, v in s.items()}
@@ -230,7 +238,7 @@ def table(res: dict) -> str:
              f" {med['floor b cold'] / med['floor b warm']:.2f} |",
              f"| switch | {med['switch b cold']:.2f} | {warm:.2f} | {med['switch b cold'] / warm:.2f} |",
              f"| switch, read ahead while A finishes | {med['switch b-ra cold']:.2f} | | "
-             f"{med['switch b-ra cold'] / warm:.2f} (target ≤ 1.15) |"]
+             f"{med['switch b-ra cold'] / warm:.2f} (target ≤ 1.15); paired by round: {res['paired_ra']:.2f} |"]
     for mode, what in LOAD_MODES.items():
         if f"switch b-{mode} cold" not in med:
             continue
@@ -272,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{kind} {name} {cache}: {row['switch_s']:.3f} s", "coldcache")
                 res["rows"].append(row)
         res["summary"] = summarize(res["rows"])
+        res["paired_ra"] = paired(res["rows"], "switch b-ra cold", "switch b warm")
         res["machine"]["loadavg_end"] = os.getloadavg()
     out = args.out or BENCH / "results" / f"coldcache-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

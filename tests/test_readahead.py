@@ -100,6 +100,8 @@ def test_read_files_reads_every_part_and_stops_when_told(tmp_path):
     assert read_files("m", [str(parts[0])], 0, stop).skipped == "cancelled"
     low = read_files("m", [str(parts[0])], 1 << 40, threading.Event())  # the real MemAvailable
     assert low.read == 0 and low.skipped.startswith("MemAvailable")
+    missing = read_files("m", [str(tmp_path / "gone.gguf")], 0, threading.Event())
+    assert missing.read == 0 and missing.skipped.startswith("cannot read")
 
 
 # -- on real parts ------------------------------------------------------------------------------

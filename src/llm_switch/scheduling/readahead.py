@@ -124,25 +124,34 @@ def read_files(name: str, files: Sequence[str], margin: int, stop: threading.Eve
     """Read `files` once, sequentially, dropping the data; only while MemAvailable exceeds what is
     left to read plus `margin`, and until `stop` is set."""
     t0 = time.monotonic()
+    done, buf = 0, bytearray(CHUNK)
     try:
         size = sum(os.stat(f).st_size for f in files)
+        next_check = 0
+        for path in files:
+            with open(path, "rb", buffering=0) as f:
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                while not stop.is_set():
+                    if done >= next_check:
+                        next_check = done + CHECK_EVERY
+                        if (low := _too_little(size - done, margin, available)) is not None:
+                            return Outcome(name, tuple(files), size, done, time.monotonic() - t0, low)
+                    if not (n := f.readinto(buf)):
+                        break
+                    done += n
     except OSError as e:
-        return Outcome(name, tuple(files), skipped=f"cannot read {e.filename}: {e.strerror}")
-    left, done, buf = size, 0, bytearray(CHUNK)
-    for path in files:
-        with open(path, "rb", buffering=0) as f:
-            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            while not stop.is_set():
-                if done % CHECK_EVERY < CHUNK and (free := available()) is not None and free < left + margin:
-                    return Outcome(name, tuple(files), size, done, time.monotonic() - t0,
-                                   f"MemAvailable {format_size(free)} < {format_size(left)} to read + "
-                                   f"readahead_margin {format_size(margin)}")
-                n = f.readinto(buf)
-                if not n:
-                    break
-                done, left = done + n, left - n
+        return Outcome(name, tuple(files), 0, done, time.monotonic() - t0,
+                       f"cannot read {e.filename}: {e.strerror}")
     skipped = "cancelled" if stop.is_set() else None
     return Outcome(name, tuple(files), size, done, time.monotonic() - t0, skipped)
+
+
+def _too_little(left: int, margin: int, available: Callable[[], int | None]) -> str | None:
+    """Why reading `left` more bytes would eat into the margin, or None when it would not."""
+    free = available()
+    if free is None or free >= left + margin:
+        return None
+    return f"MemAvailable {format_size(free)} < {format_size(left)} to read + readahead_margin {format_size(margin)}"
 
 
 # -- the object the scheduler holds -----------------------------------------------------------
@@ -192,9 +201,9 @@ class ReadAhead:
         if outcome.skipped is None:
             log.info("%s: read ahead %s in %.2f s (%s)", model.name, format_size(outcome.read), outcome.seconds,
                      ", ".join(outcome.files))
-        else:
-            log.info("%s: not read ahead (%s after %s): %s", model.name, format_size(outcome.read),
-                     f"{outcome.seconds:.2f} s", outcome.skipped)
+        else:  # a unit that names no model file (not a llama-server) is no news
+            log.log(logging.INFO if outcome.files else logging.DEBUG, "%s: not read ahead (%s after %.2f s): %s",
+                    model.name, format_size(outcome.read), outcome.seconds, outcome.skipped)
 
     async def _command(self, model: Model) -> UnitCommand:
         if model.cmd is not None:
@@ -208,4 +217,6 @@ def _resolve_and_read(name: str, command: UnitCommand, margin: int, stop: thread
     path = model_path(command.argv, env)
     if path is None:
         return Outcome(name, skipped="no -m/--model or LLAMA_ARG_MODEL in the unit's command")
+    if not os.path.isabs(path):
+        return Outcome(name, (path,), skipped="the model path is relative to the unit's working directory")
     return read_files(name, split_parts(path), margin, stop)
