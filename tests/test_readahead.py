@@ -4,6 +4,7 @@ starts, and nothing is read while MemAvailable is below the file plus readahead_
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ import harness
 from llm_switch.config.load import parse
 from llm_switch.scheduling.readahead import (UnitCommand, environment, expand, mem_available, model_path,
                                              parse_environment_file, read_files, split_parts)
+from llm_switch.units.systemd import Systemd
 
 # -- pure parts ---------------------------------------------------------------------------------
 
@@ -29,10 +31,11 @@ from llm_switch.scheduling.readahead import (UnitCommand, environment, expand, m
     (["llama-server", "--port", "1"], {"LLAMA_ARG_MODEL": "/m/env.gguf"}, "/m/env.gguf"),
     (["llama-server", "-m", "${DIR}/a.gguf"], {"DIR": "/m"}, "/m/a.gguf"),
     (["llama-server", "-m", "$MODEL"], {"MODEL": "/m/b.gguf"}, "/m/b.gguf"),
+    (["/usr/bin/env", "${LLAMA_SERVER}", "$LLAMA_ARGS"], {"LLAMA_ARGS": "-c 4096 -m /m/c.gguf"}, "/m/c.gguf"),
     (["llama-server", "-m", "/m/a.gguf"], {"LLAMA_ARG_MODEL": "/m/env.gguf"}, "/m/a.gguf"),  # the flag wins
     (["llama-server", "-hf", "org/repo"], {}, None),
     (["llama-server", "-m"], {}, None),
-], ids=["-m", "--model", "--model=", "env", "${VAR}", "$VAR", "flag-wins", "none", "dangling"])
+], ids=["-m", "--model", "--model=", "env", "${VAR}", "$VAR", "$ARGS-split", "flag-wins", "none", "dangling"])
 def test_model_path(argv, env, expected):
     assert model_path(argv, env) == expected
 
@@ -66,6 +69,34 @@ def test_environment_assignments_win_over_files():
     command = UnitCommand(("x",), ("M=/unit.gguf",), ("/e/1", "/e/2", "/e/missing"))
     assert environment(command, read) == {"M": "/unit.gguf", "X": "2"}
     assert expand("${M}:$X:$NONE", {"M": "a", "X": "b"}) == "a:b:"
+
+
+def test_command_of_a_template_unit_with_environment_files(user_manager, tmp_path, monkeypatch):
+    """What D-Bus gives for the shipped template's shape: EnvironmentFile= paths with specifiers
+    resolved, ExecStart with `$VAR` left for the reader to expand."""
+    env_dir = tmp_path / "env"
+    env_dir.mkdir()
+    (env_dir / "x.env").write_text("LLAMA_ARGS='-c 4096 -m /models/x.gguf'\n")
+    unit = "ra-envtest@x.service"
+    user_manager.write_unit("ra-envtest@.service", f"[Service]\nEnvironmentFile={env_dir}/%i.env\n"
+                            "Environment=A=1\nExecStart=/usr/bin/env ${A} $LLAMA_ARGS\n", reload=True)
+    monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", user_manager.env["DBUS_SESSION_BUS_ADDRESS"])
+
+    async def read() -> UnitCommand:
+        systemd = Systemd()
+        try:
+            return await systemd.command(unit)
+        finally:
+            await systemd.close()
+
+    try:
+        command = asyncio.run(read())
+    finally:
+        user_manager.remove_unit("ra-envtest@.service", reload=True)
+    assert command.environment_files == (f"{env_dir}/x.env",)
+    assert command.environment == ("A=1",)
+    assert command.argv == ("/usr/bin/env", "${A}", "$LLAMA_ARGS")
+    assert model_path(command.argv, environment(command, lambda p: Path(p).read_text())) == "/models/x.gguf"
 
 
 def test_mem_available():

@@ -53,12 +53,24 @@ def expand(word: str, env: Mapping[str, str]) -> str:
     return _VAR.sub(lambda m: env.get(m.group(1) or m.group(2), ""), word)
 
 
+def words(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
+    """ExecStart's words as systemd runs them: a word that is just `$VAR` splits at whitespace
+    into several, `${VAR}` and `$VAR` inside a word expand in place."""
+    out: list[str] = []
+    for word in argv:
+        if (m := re.fullmatch(r"\$(\w+)", word)) is not None:
+            out += env.get(m.group(1), "").split()
+        else:
+            out.append(expand(word, env))
+    return out
+
+
 def model_path(argv: Sequence[str], env: Mapping[str, str]) -> str | None:
     """The GGUF file a llama-server command line loads: `-m`/`--model`, else LLAMA_ARG_MODEL."""
-    words = [expand(w, env) for w in argv]
-    for i, word in enumerate(words):
-        if word in _MODEL_FLAGS and i + 1 < len(words):
-            return words[i + 1] or None
+    words_ = words(argv, env)
+    for i, word in enumerate(words_):
+        if word in _MODEL_FLAGS and i + 1 < len(words_):
+            return words_[i + 1] or None
         if word.startswith("--model="):
             return word.partition("=")[2] or None
     return env.get("LLAMA_ARG_MODEL") or None
