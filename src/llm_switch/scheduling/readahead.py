@@ -1,9 +1,8 @@
 """Reading the next model's GGUF files into the page cache while a switch to it waits
 (docs/design.md, "Read-ahead"): one read at a time, from a thread, cancellable.
 
-posix_fadvise(WILLNEED) and readahead(2) return at once with a sliver of the file resident
-(docs/performance.md has the figures), so a thread reads the files in large sequential chunks
-and drops the data.
+posix_fadvise(WILLNEED) returns at once with a sliver of the file resident (docs/performance.md
+has the figures), so a thread reads the files in large sequential chunks and drops the data.
 """
 
 from __future__ import annotations
@@ -171,7 +170,7 @@ def _too_little(left: int, margin: int, available: Callable[[], int | None]) -> 
 
 class ReadAhead:
     """One read-ahead at a time: `next(model)` starts reading that model's files and cancels any
-    other; `cancel()` stops it. `last` is the outcome of the last one that finished."""
+    other; `cancel()` stops it."""
 
     def __init__(self, config: Callable[[], Config], systemd: Systemd) -> None:
         self._config = config
@@ -179,7 +178,6 @@ class ReadAhead:
         self._name: str | None = None  # the model being read or read last
         self._stop = threading.Event()
         self._task: asyncio.Task | None = None
-        self.last: Outcome | None = None
 
     def next(self, model: Model) -> None:
         """Read `model`'s files ahead, unless it is off for it or it was read ahead since it last started."""
@@ -209,7 +207,6 @@ class ReadAhead:
             return
         margin = self._config().readahead_margin
         outcome = await asyncio.to_thread(_resolve_and_read, model.name, command, margin, stop)
-        self.last = outcome
         if outcome.skipped is None:
             log.info("%s: read ahead %s in %.2f s (%s)", model.name, format_size(outcome.read), outcome.seconds,
                      ", ".join(outcome.files))
