@@ -19,6 +19,7 @@ import harness
 from llm_switch.config.load import parse
 from llm_switch.scheduling.readahead import (UnitCommand, environment, expand, mem_available, model_path,
                                              parse_environment_file, read_files, split_parts)
+from llm_switch.scheduling.readahead import resident as resident_share
 from llm_switch.units.systemd import Systemd
 
 # -- pure parts ---------------------------------------------------------------------------------
@@ -131,6 +132,7 @@ def test_read_files_reads_every_part_and_stops_when_told(tmp_path):
     assert read_files("m", [str(parts[0])], 0, stop).skipped == "cancelled"
     low = read_files("m", [str(parts[0])], 1 << 40, threading.Event())  # the real MemAvailable
     assert low.read == 0 and low.skipped.startswith("MemAvailable")
+    assert resident_share(str(parts[0])) == 1.0  # just read: mincore sees every page
     missing = read_files("m", [str(tmp_path / "gone.gguf")], 0, threading.Event())
     assert missing.read == 0 and missing.skipped.startswith("cannot read")
 

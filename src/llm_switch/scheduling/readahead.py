@@ -8,7 +8,10 @@ has the figures), so a thread reads the files in large sequential chunks and dro
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
+import mmap
 import os
 import re
 import shlex
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 8 << 20           # bytes per read: large enough that the disk streams
 CHECK_EVERY = 256 << 20   # bytes between two looks at MemAvailable
+RESIDENT_ENOUGH = 0.95    # a file this much in the page cache is not read again
 _MODEL_FLAGS = ("-m", "--model")
 _SPLIT = re.compile(r"^(?P<stem>.*)-(?P<part>\d{5})-of-(?P<total>\d{5})\.gguf$")
 _VAR = re.compile(r"\$\{(\w+)\}|\$(\w+)")
@@ -130,6 +134,31 @@ def _read_meminfo() -> int | None:
     return mem_available(Path("/proc/meminfo").read_text())
 
 
+def resident(path: str) -> float | None:
+    """The share of `path`'s pages in the page cache (mincore(2) on a read-only mapping), or None
+    where it cannot be told."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype, libc.mmap.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                                                              ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return 1.0
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
+    if address in (None, ctypes.c_void_p(-1).value):
+        return None
+    try:
+        pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+        vec = ctypes.create_string_buffer(pages)
+        if libc.mincore(address, size, vec) != 0:
+            return None
+        return (pages - vec.raw.count(0)) / pages  # one byte a page: 1 resident, 0 not
+    finally:
+        libc.munmap(address, size)
+
+
 def read_files(name: str, files: Sequence[str], margin: int, stop: threading.Event,
                available: Callable[[], int | None] = _read_meminfo) -> Outcome:
     """Read `files` once, sequentially, dropping the data; only while MemAvailable exceeds what is
@@ -228,4 +257,8 @@ def _resolve_and_read(name: str, command: UnitCommand, margin: int, stop: thread
         return Outcome(name, skipped="no -m/--model or LLAMA_ARG_MODEL in the unit's command")
     if not os.path.isabs(path):
         return Outcome(name, (path,), skipped="the model path is relative to the unit's working directory")
-    return read_files(name, split_parts(path), margin, stop)
+    files = split_parts(path)
+    with contextlib.suppress(OSError):
+        if all((share := resident(f)) is not None and share >= RESIDENT_ENOUGH for f in files):
+            return Outcome(name, tuple(files), skipped="already in the page cache")  # a copy would only cost CPU
+    return read_files(name, files, margin, stop)
