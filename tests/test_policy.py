@@ -121,6 +121,20 @@ def test_decide_wakes_when_the_window_or_turnaround_ends():
     assert plan([ready("a", idle_since=3.0), m("b")], [("b", 2.0)], 3.1).wake_at == 3.0 + TURNAROUND
 
 
+@pytest.mark.parametrize("models, queue, now, upcoming", [
+    # b waits for a's window or turnaround: b is what starts next, to be read ahead
+    ([ready("a", in_flight=1), m("b")], [("b", 2.0)], 3.0, "b"),
+    ([ready("a", idle_since=3.0), m("b")], [("b", 2.0)], 3.1, "b"),
+    # the oldest blocked switch is named, not a later one
+    ([ready("a", in_flight=1), m("b"), m("c")], [("c", 1.0), ("b", 2.0)], 3.0, "c"),
+    # a switch that goes now names no upcoming one (its start is the plan's `start`)
+    ([ready("a", idle_since=1.0), m("b")], [("b", 2.0)], 2.0, None),
+    ([ready("a")], [], 3.0, None),
+], ids=["window", "turnaround", "oldest", "goes-now", "nothing-waits"])
+def test_decide_names_the_switch_that_waits(models, queue, now, upcoming):
+    assert plan(models, queue, now).upcoming == upcoming
+
+
 @pytest.mark.parametrize("model, now, unload, wake_at", [
     (ready("a", idle_unload=60.0, last_used=10.0), 69.0, (), 70.0),
     (ready("a", idle_unload=60.0, last_used=10.0), 70.0, ("a",), None),

@@ -43,6 +43,7 @@ from ..observe.status import status_line
 from ..scheduling.memory import Gpu
 from ..scheduling.ports import Parts
 from ..scheduling.prompt_cache import PromptCache
+from ..scheduling.readahead import ReadAhead
 from ..scheduling.scheduler import Scheduler
 from ..units.systemd import Systemd
 
@@ -77,8 +78,9 @@ class Server:
         scheduler), connected to the bus with running units adopted; closed once served."""
         systemd, backends = Systemd(), Backends()
         cache = PromptCache(lambda: scheduler.config.prompt_cache, backends)  # a reload may change it
+        readahead = ReadAhead(lambda: scheduler.config, systemd)  # a reload may change the margin
         scheduler = Scheduler(self.config, Parts(systemd, backends, self.events, Gpu()),
-                              hooks=cache.attach, cache=cache.snapshot, store=LearnedStore())
+                              hooks=cache.attach, cache=cache.snapshot, store=LearnedStore(), readahead=readahead)
         unsubscribe = keep_status(self.events, lambda: status_line(scheduler.snapshot()))
         try:
             await systemd.connect()
@@ -149,9 +151,12 @@ class Server:
 
     async def _preload(self, scheduler: Scheduler, names: tuple[str, ...] | None = None) -> None:
         """The pinned models, then those of `preload`, started once the switch listens (`names`:
-        those a reload pinned)."""
+        those a reload pinned); each next one is read ahead while one loads."""
         config = scheduler.config
-        for name in dict.fromkeys(names if names is not None else config.pinned + config.preload):
+        order = list(dict.fromkeys(names if names is not None else config.pinned + config.preload))
+        for i, name in enumerate(order):
+            if i + 1 < len(order):
+                scheduler.read_ahead(order[i + 1])
             try:
                 await scheduler.load(name)
                 log.info("%s: %s", name, "pinned: started" if name in config.pinned else "preloaded")

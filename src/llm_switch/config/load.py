@@ -136,7 +136,7 @@ _SETTINGS = {
     "max_body_bytes": v.byte_count, "max_json_bytes": v.byte_count, "max_wait": v.duration,
     "max_queue": v.positive_int, "shutdown_grace": v.duration, "allow_unauthenticated": v.boolean,
     "metrics_public": v.boolean, "max_connections": v.positive_int, "header_timeout": v.duration,
-    "allowed_hosts": web.allowed_hosts, "cors_origins": web.cors_origins,
+    "allowed_hosts": web.allowed_hosts, "cors_origins": web.cors_origins, "readahead_margin": v.size,
 }
 
 
@@ -160,7 +160,8 @@ def _dir_models(raw: dict, defaults: dict[str, Any], models: dict[str, Model], n
     found, skipped = md.scan(directory)
     warnings += skipped
     memory, memory_auto = mem.model_memory({"memory": d["memory"]}, "models_defaults", defaults["budget_set"])
-    same = {k: defaults[k] for k in ("health_timeout", "min_loaded", "idle_unload", "prompt_cache", "loading_progress")}
+    same = {k: defaults[k] for k in ("health_timeout", "min_loaded", "idle_unload", "prompt_cache", "loading_progress",
+                                      "readahead")}
     for i, (name, path) in enumerate(found.items()):
         port = d["port"] + i  # one each, in file order: they may run side by side under a memory_budget
         if name in names:
@@ -188,6 +189,7 @@ def _model_defaults(raw: dict, problems: Problems) -> dict[str, Any]:
         "prompt_cache": get(v.boolean, raw.get("prompt_cache", True), "prompt_cache", default=True),
         "loading_progress": get(v.one_of, raw.get("loading_progress", "reasoning"), "loading_progress",
                                 LOADING_PROGRESS, default="reasoning"),
+        "readahead": get(v.boolean, raw.get("readahead", True), "readahead", default=True),
         "budget_set": raw.get("memory_budget") is not None,  # then a model with no memory is auto
     }
 
@@ -301,7 +303,7 @@ def _aliases(aliases: Any, key: str) -> tuple[str, ...]:
 def _overrides(spec: dict, key: str, defaults: dict[str, Any], problems: Problems) -> dict[str, Any]:
     """The settings a model may set for itself, else the global ones."""
     convert = {"health_timeout": v.duration, "min_loaded": v.duration, "idle_unload": v.optional_duration,
-               "prompt_cache": v.boolean,
+               "prompt_cache": v.boolean, "readahead": v.boolean,
                "loading_progress": lambda value, at: v.one_of(value, at, LOADING_PROGRESS)}
     return {name: problems.get(fn, spec[name], f"{key}.{name}", default=defaults[name]) if name in spec
             else defaults[name] for name, fn in convert.items()}

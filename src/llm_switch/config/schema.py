@@ -93,6 +93,11 @@ TOP: tuple[Key, ...] = (
     Key("prompt_cache_min_tokens", "count", "Prompts shorter than this are not saved.", "1024", "512"),
     Key("loading_progress", "choice", "What a streamed chat completion gets while its model loads. A model "
         "may set its own.", "comment", "reasoning", choices=("reasoning", "comment", "off")),
+    Key("readahead", "bool", "Read a model's GGUF files into the page cache while a switch to it waits "
+        "(behind a drain or min_loaded) and while an earlier preload loads. A model may set its own.",
+        "false", "true"),
+    Key("readahead_margin", "size", "Read ahead only while MemAvailable exceeds the file plus this, so the "
+        "running model's pages stay in the cache.", "4G", "2G"),
     Key("api_keys", "api_keys", "Keys clients send (Authorization: Bearer KEY or x-api-key: KEY): a key, "
         "or {key | key_file | key_env, name, models}.",
         "[{key_file: ~/.config/llm-switch/api-key, name: lan}]", default_doc="none: no key needed (loopback only)"),
@@ -131,6 +136,7 @@ MODEL: tuple[Key, ...] = (
     Key("prompt_cache", "bool", "As prompt_cache, for this model.", "false", default_doc="prompt_cache"),
     Key("loading_progress", "choice", "As loading_progress, for this model.", "off",
         default_doc="loading_progress", choices=("reasoning", "comment", "off")),
+    Key("readahead", "bool", "As readahead, for this model.", "false", default_doc="readahead"),
     Key("repair_tool_calls", "bool", "Repair malformed tool calls in the model's answers.", "false", "true"),
     Key("unlisted", "bool", "Serve the model but leave it out of /v1/models.", "true", "false"),
     Key("backend_api_key", "string", "The key the model's llama-server was started with (--api-key), sent "

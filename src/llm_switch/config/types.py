@@ -23,6 +23,7 @@ DEFAULT_SHUTDOWN_GRACE = 30.0
 LOADING_PROGRESS = ("reasoning", "comment", "off")  # what a waiting streamed chat completion is sent
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_READAHEAD_MARGIN = 2 << 30  # kept free beyond the file when reading a model ahead
 
 
 def default_prompt_cache_dir() -> str:
@@ -46,6 +47,7 @@ class Model:
     idle_unload: float | None = None  # None: never unloaded for idleness
     prompt_cache: bool = True  # save the slots at stop, restore them at start (where the backend can)
     loading_progress: str = "reasoning"  # one of LOADING_PROGRESS (http/progress.py)
+    readahead: bool = True  # read its GGUF files into the page cache while a switch to it waits
     backend_api_key: str | None = field(default=None, repr=False)  # sent as Bearer to a llama-server --api-key
     pin: bool = False  # started with the switch, never evicted nor unloaded for idleness
     priority: int = 0  # waiting models of higher priority go first
@@ -99,6 +101,7 @@ class Config:
     cors_origins: frozenset[str] = frozenset()  # web origins whose pages may call the switch
     any_of: dict[str, AnyOf] = field(default_factory=dict)  # virtual models (config/groups.py)
     any_of_names: dict[str, str] = field(default_factory=dict)  # name or alias → virtual model's name
+    readahead_margin: int = DEFAULT_READAHEAD_MARGIN  # read ahead only while MemAvailable > file + this
 
     @property
     def listen(self) -> str:

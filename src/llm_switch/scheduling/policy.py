@@ -81,6 +81,7 @@ class Plan:
     unload: tuple[str, ...] = ()         # idle past their idle_unload: stop them
     abandon: tuple[str, ...] = ()        # starts no request waits for, in the way of a waiting one
     give_way_to: str | None = None       # ... the model whose request waits for their memory
+    upcoming: str | None = None          # the model whose switch waits for a drain or a min_loaded window
     wake_at: float | None = None         # decide again then, if nothing happens before
 
 
@@ -175,6 +176,7 @@ def decide(models: Mapping[str, ModelView], queue: Sequence[Waiter], budget: int
     abandon: tuple[str, ...] = ()
     give_way_to: str | None = None
     blocked = False  # a switch waits for a model's min_loaded window: later ones keep their place
+    upcoming: str | None = None
     for w in sorted(queue, key=_order):
         target = models[w.model]
         if target.state.up and not target.draining and target.state is not State.STOPPING:
@@ -189,6 +191,7 @@ def decide(models: Mapping[str, ModelView], queue: Sequence[Waiter], budget: int
         hold.update(m.name for m in evict if m.state is State.READY and _window_over(m, w, now))
         if waiting_on:
             blocked = True
+            upcoming = upcoming or target.name
             wake.extend(t for m in waiting_on if (t := _release_at(m)) is not None)
             continue
         start, stop = target.name, tuple(m.name for m in evict)
@@ -199,7 +202,7 @@ def decide(models: Mapping[str, ModelView], queue: Sequence[Waiter], budget: int
                       if m.waiting and m.state is State.READY and not m.draining and n not in hold)
     unload = _idle_unload(up, stop, now, wake)
     return Plan(admit=admit, hold=frozenset(hold), start=start, stop=stop, unload=unload, abandon=abandon,
-                give_way_to=give_way_to, wake_at=min(wake) if wake else None)
+                give_way_to=give_way_to, upcoming=upcoming, wake_at=min(wake) if wake else None)
 
 
 def _idle_unload(up: list[ModelView], stop: tuple[str, ...], now: float, wake: list[float]) -> tuple[str, ...]:

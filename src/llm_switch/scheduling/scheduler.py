@@ -33,6 +33,7 @@ from .learning import Learning
 from .model import ModelRuntime
 from .policy import State
 from .ports import Parts
+from .readahead import ReadAhead
 from .queue import Ticket, WaitQueue
 from .runner import Runner, Work
 from .snapshot import CacheSnapshot, Snapshot
@@ -46,11 +47,12 @@ class Scheduler:
     """`parts` are the units, backends, events and clock every model works with; `hooks(runtime)`
     attaches a new model's after_ready/before_stop hooks (the prompt cache's); `cache(name)` is
     its prompt cache's snapshot; `decide` is policy.decide (a test may break it on purpose);
-    `store` keeps learned memory across restarts (learning.py)."""
+    `store` keeps learned memory across restarts (learning.py); `readahead` reads the next
+    model's files ahead of its start (none: no read-ahead, as in the simulation)."""
 
     def __init__(self, config: Config, parts: Parts, *, hooks: Callable[[ModelRuntime], None] | None = None,
                  cache: Callable[[str, bool], CacheSnapshot] | None = None, decide: Decide = policy.decide,
-                 store: LearnedStore | None = None) -> None:
+                 store: LearnedStore | None = None, readahead: ReadAhead | None = None) -> None:
         self.config = config
         self.parts = parts
         self.systemd, self.backends, self.events = parts.units, parts.backends, parts.events
@@ -58,6 +60,7 @@ class Scheduler:
         self._hooks, self._cache, self._decide = hooks, cache, decide
         self.learning = Learning(config, parts.start_log, store, parts.gpu.total_of)
         self._learning_tasks: set[asyncio.Task] = set()
+        self.readahead = readahead
         self.models: dict[str, ModelRuntime] = {name: self._runtime(m) for name, m in config.models.items()}
         self.backends.use_keys(_backend_keys(config))
         self.switches: deque[SwitchDone] = deque(maxlen=20)
@@ -180,6 +183,7 @@ class Scheduler:
         plan = self._decide({n: self._view(r) for n, r in self.models.items()}, self._queue.heads(),
                             self.learning.budget()[0], now)
         self._hold = plan.hold
+        self.read_ahead(plan.upcoming if plan.start is None else plan.start if plan.stop else None)
         for name in sorted(plan.admit):  # sorted: the same order in every run (a seed replays)
             self._admit_waiting(name)
         if plan.abandon:
@@ -211,6 +215,11 @@ class Scheduler:
             log.info("%s: load abandoned: its clients left, and a request for %s waits for the memory", name, waiting)
             if self._runner.current is not None:
                 self._runner.current.cancel()
+
+    def read_ahead(self, name: str | None) -> None:
+        """`name`'s files into the page cache ahead of its start (scheduling/readahead.py)."""
+        if self.readahead is not None and name is not None and (runtime := self.models.get(name)) is not None:
+            self.readahead.next(runtime.model)
 
     def _admit_waiting(self, name: str) -> None:
         runtime = self.models[name]
@@ -265,6 +274,8 @@ class Scheduler:
         stopped_s = self._clock() - t0
         self.learning.recall(target.model)  # the file or the arguments may have changed since
         started = time.time()
+        if self.readahead is not None:
+            self.readahead.started(name)
         try:
             ready_s = await target.start()
         except SwitchError:
@@ -491,6 +502,8 @@ class Scheduler:
     async def close(self) -> None:
         """Cancel a pending operation and the waiting requests; units are left as they are."""
         self._closed = True
+        if self.readahead is not None:
+            self.readahead.cancel()
         if self._timer is not None:
             self._timer.cancel()
         if self._resync_task is not None:

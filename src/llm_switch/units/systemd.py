@@ -12,6 +12,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 
 from dbus_fast import BusType, Message, MessageType, Variant
@@ -45,6 +46,16 @@ class ActiveState(StrEnum):
     @property
     def running(self) -> bool:
         return self in (ActiveState.ACTIVE, ActiveState.RELOADING, ActiveState.ACTIVATING)
+
+
+@dataclass(frozen=True)
+class UnitCommand:
+    """A service's last ExecStart line, its Environment= assignments (`KEY=value`) and the paths
+    of its EnvironmentFile= files."""
+
+    argv: tuple[str, ...]
+    environment: tuple[str, ...] = ()
+    environment_files: tuple[str, ...] = ()
 
 
 class _BusDropped(SystemdUnavailable):
@@ -307,6 +318,20 @@ class Systemd:
         except DBusError:
             return None, None
         return (None if current >= _UINT64_MAX else current), (pid or None)
+
+    async def command(self, unit: str) -> UnitCommand:
+        """What a unit runs, as systemd loaded it: specifiers are resolved, `$VAR` references are
+        not (systemd expands them when it executes the command)."""
+        try:
+            (path,) = await self._call("LoadUnit", "s", [unit])
+            exec_start, environment, files = await asyncio.gather(
+                self._property(path, _SERVICE, "ExecStart"),
+                self._property(path, _SERVICE, "Environment"),
+                self._property(path, _SERVICE, "EnvironmentFiles"))
+        except DBusError as e:
+            raise _translate(unit, e) from None
+        argv = tuple(exec_start[-1][1]) if exec_start else ()  # a(sasbttttuii): (path, argv, …) per line
+        return UnitCommand(argv, tuple(environment), tuple(path for path, _optional in files))
 
     async def _property(self, path: str, iface: str, name: str):
         (value,) = await self._call("Get", "ss", [iface, name], path=path, iface=_PROPS)
