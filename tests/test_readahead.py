@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-import harness
+from support import harness
 from llm_switch.config.load import parse
 from llm_switch.scheduling.readahead import (UnitCommand, environment, expand, mem_available, model_path,
                                              parse_environment_file, read_files, split_parts)
