@@ -14,7 +14,7 @@ from aiohttp import web
 from support import harness
 from support.cdp import Browser
 from llm_switch.config import parse
-from llm_switch.http.guard import cross_origin, host_allowed
+from llm_switch.http.guard import _HostVerdicts, cross_origin, host_allowed
 
 ANSWER = {"id": "x", "object": "chat.completion", "created": 1, "model": "m",
           "choices": [{"index": 0, "message": {"role": "assistant", "content": "from a"}, "finish_reason": "stop"}]}
@@ -56,6 +56,17 @@ LAN_OPEN = config(listen="0.0.0.0:3002", allow_unauthenticated=True)
 ])
 def test_host_check(host, cfg, allowed):
     assert host_allowed(host, cfg) is allowed
+
+
+@pytest.mark.unit
+def test_remembered_verdicts_follow_the_config_in_force():
+    verdicts = _HostVerdicts()
+    assert verdicts.allowed("llm.home.arpa", LOOPBACK) is False
+    assert verdicts.allowed("llm.home.arpa", LISTED) is True  # a reload's config: verdicts made again
+    assert verdicts.allowed("llm.home.arpa", LOOPBACK) is False
+    for i in range(3 * _HostVerdicts.LIMIT):  # made-up names: the memory stays bounded
+        assert verdicts.allowed(f"n{i}.example", LOOPBACK) is False
+        assert len(verdicts.known) <= _HostVerdicts.LIMIT
 
 
 SAME = {"Host": "127.0.0.1:3002"}

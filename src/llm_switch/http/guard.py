@@ -23,6 +23,27 @@ _LOG_EVERY = 10.0  # s: at most one line about refused requests this often
 PREFLIGHT_MAX_AGE = "600"
 
 
+class _HostVerdicts:
+    """host_allowed's answers for the config in force: a client sends the same Host every time, and
+    parsing it (an IP address or a name) costs more than the rest of the guard."""
+
+    LIMIT = 64  # Hosts remembered; past it (a scan of made-up names) they are forgotten all at once
+
+    def __init__(self) -> None:
+        self.config: Config | None = None
+        self.known: dict[str | None, bool] = {}
+
+    def allowed(self, host: str | None, config: Config) -> bool:
+        if config is not self.config or len(self.known) >= self.LIMIT:
+            self.config, self.known = config, {}
+        if (verdict := self.known.get(host)) is None:
+            verdict = self.known[host] = host_allowed(host, config)
+        return verdict
+
+
+_verdicts = _HostVerdicts()
+
+
 def host_allowed(host: str | None, config: Config) -> bool:
     """Whether a request with this `Host` header may go on."""
     if host is None or (config.api_keys and not is_loopback(config.listen_host)):
@@ -66,7 +87,7 @@ def is_preflight(request: web.Request) -> bool:
 async def guard(request: web.Request, handler) -> web.StreamResponse:
     config = current_config(request)
     host = request.headers.get("Host")
-    if not host_allowed(host, config):
+    if not _verdicts.allowed(host, config):
         _log_refused(request, f"Host {host!r}")
         raise Forbidden(f"Host {host!r} is not one llm-switch answers to (a web page may use such a name to "
                         "reach it through DNS rebinding); use http://127.0.0.1:PORT or localhost, or add the "
